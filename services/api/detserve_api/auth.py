@@ -1,0 +1,91 @@
+"""Who may call what, in one place.
+
+- public: health, readiness, metrics, the OpenAPI document and the console's files;
+- prediction routes: the admin token, or the service's own key in X-Service-Key
+  (a key of another service → 403; no or unknown credentials → 401);
+- everything else: the admin token (Authorization: Bearer ...).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Flask, g, request
+from sqlalchemy import select
+
+from detserve.deployments import get_service, hash_key
+from detserve.errors import Forbidden, NotFound, Unauthorized
+from detserve.store import Service
+from detserve_api import context
+
+PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
+PREDICTION_BLUEPRINT = "predictions"
+TASK_KEY = "detserve:task:{task_id}"
+
+SECURITY_SCHEMES = {
+    "AdminToken": {"type": "http", "scheme": "bearer"},
+    "ServiceKey": {"type": "apiKey", "in": "header", "name": "X-Service-Key"},
+}
+
+
+def register(app: Flask) -> None:
+    app.before_request(check_request)
+
+
+def check_request() -> None:
+    """Raise Unauthorized/Forbidden unless the caller may use this endpoint."""
+    endpoint = request.endpoint or ""
+    blueprint = endpoint.split(".", 1)[0] if "." in endpoint else ""
+    if request.method == "OPTIONS" or endpoint in {"static", ""} or blueprint in PUBLIC_BLUEPRINTS:
+        return
+    g.is_admin = _is_admin()
+    if blueprint == PREDICTION_BLUEPRINT:
+        _check_service_access()
+    elif not g.is_admin:
+        raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
+
+
+def _is_admin() -> bool:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return False
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), context.admin_token()):
+        raise Unauthorized("the bearer token is not the admin token")
+    return True
+
+
+def _check_service_access() -> None:
+    args = request.view_args or {}
+    service_id = args.get("service_id")
+    if service_id is None and "task_id" in args:
+        raw = context.redis_client().get(TASK_KEY.format(task_id=args["task_id"]))
+        service_id = raw.decode() if raw else None
+        if service_id is None:
+            _require_some_credentials()
+            raise NotFound(f"no prediction task {args['task_id']!r} (unknown or expired)")
+    key = request.headers.get("X-Service-Key", "")
+    if not g.is_admin and not key:
+        raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
+    if g.is_admin:
+        g.service = get_service(context.runtime(), service_id)
+        return
+    digest = hash_key(key)
+    with context.runtime().store.session(readonly=True) as session:
+        owner = session.scalar(select(Service).where(Service.key_hash == digest))
+    if owner is None:
+        raise Unauthorized("the service key is not valid (it may have been rotated)")
+    if owner.id != service_id:
+        raise Forbidden("this key belongs to another service")
+    g.service = owner
+
+
+def _require_some_credentials() -> None:
+    if g.is_admin:
+        return
+    key = request.headers.get("X-Service-Key", "")
+    if not key:
+        raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
+    with context.runtime().store.session(readonly=True) as session:
+        if session.scalar(select(Service.id).where(Service.key_hash == hash_key(key))) is None:
+            raise Unauthorized("the service key is not valid (it may have been rotated)")

@@ -1,0 +1,85 @@
+"""Models and their versions: upload (register), list, get, delete; artifacts for workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import func, select
+
+from detserve import deployments
+from detserve.errors import NotFound
+from detserve.store import ModelVersion
+from detserve_api import context
+from detserve_api.resources.models.schemas import (
+    ModelListSchema,
+    UploadFilesSchema,
+    UploadFormSchema,
+    VersionListSchema,
+    VersionSchema,
+)
+
+blp = Blueprint("models", __name__, url_prefix="/v1", description="Models and versions")
+NAME = "<string(maxlength=128):name>"
+
+
+@blp.route("/models")
+class Models(MethodView):
+    @blp.response(200, ModelListSchema)
+    def get(self) -> dict[str, Any]:
+        """List models with their latest version number."""
+        with context.runtime().store.session(readonly=True) as session:
+            rows = session.execute(
+                select(ModelVersion.model, func.max(ModelVersion.version), func.count())
+                .group_by(ModelVersion.model).order_by(ModelVersion.model)
+            ).all()
+        return {"models": [{"name": n, "latest_version": v, "versions": c} for n, v, c in rows]}
+
+
+@blp.route(f"/models/{NAME}/versions")
+class Versions(MethodView):
+    @blp.arguments(UploadFormSchema, location="form")
+    @blp.arguments(UploadFilesSchema, location="files")
+    @blp.response(201, VersionSchema)
+    def post(self, form: dict[str, Any], files: dict[str, Any], name: str) -> ModelVersion:
+        """Register a new version from an .onnx file or a .zip package."""
+        settings = context.settings()
+        return deployments.register_version(
+            context.runtime(), name, files["model"].read(), form["config"], form["status"],
+            max_bytes=settings.max_model_bytes,
+        )
+
+    @blp.response(200, VersionListSchema)
+    def get(self, name: str) -> dict[str, Any]:
+        """List a model's versions, newest first."""
+        with context.runtime().store.session(readonly=True) as session:
+            rows = session.scalars(select(ModelVersion).where(ModelVersion.model == name)
+                                   .order_by(ModelVersion.version.desc())).all()
+        return {"versions": rows}
+
+
+@blp.route(f"/models/{NAME}/versions/<int:version>")
+class Version(MethodView):
+    @blp.response(200, VersionSchema)
+    def get(self, name: str, version: int) -> ModelVersion:
+        """Get one version."""
+        return deployments.get_version(context.runtime(), name, version)
+
+    @blp.response(204)
+    def delete(self, name: str, version: int) -> None:
+        """Delete a version that no live service uses."""
+        deployments.delete_version(context.runtime(), name, version)
+
+
+@blp.route("/artifacts/<string:sha256>")
+class Artifact(MethodView):
+    @blp.response(200)
+    def get(self, sha256: str) -> Response:
+        """Download an artifact by hash (workers with no shared disk use this)."""
+        artifacts = context.runtime().artifacts
+        if not artifacts.exists(sha256):
+            raise NotFound(f"no artifact {sha256!r}")
+        data = artifacts.get(sha256)
+        return Response(data, mimetype="application/octet-stream")

@@ -1,0 +1,97 @@
+"""Predictions: synchronous, asynchronous by task id, and the task's result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
+from flask import g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from detserve import monitoring
+from detserve import tasknames as names
+from detserve.errors import DetserveError, InvalidImage, PredictionTimeout, ServiceNotRunning
+from detserve.processing.image import ACCEPTED, check_bytes, sniff
+from detserve.status import RUNNING
+from detserve.store import Service
+from detserve_api import context
+from detserve_api.auth import TASK_KEY
+from detserve_api.resources.predictions.schemas import (
+    ImageFilesSchema,
+    PredictionSchema,
+    TaskCreatedSchema,
+    TaskSchema,
+)
+
+blp = Blueprint("predictions", __name__, url_prefix="/v1", description="Predictions")
+
+
+def _send(service: Service, files: dict[str, Any]) -> AsyncResult:
+    """Check the service and the upload, then queue the prediction on the flavor's queue."""
+    if service.status != RUNNING:
+        raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
+                                "for Running before predicting")
+    upload = files.get("images")
+    data = upload.read() if upload else b""
+    check_bytes(data, max_bytes=context.settings().max_image_bytes)
+    if sniff(data) is None:
+        name = getattr(upload, "filename", "") or "the upload"
+        raise InvalidImage(f"{name} is not a {ACCEPTED} image (judged by its content)")
+    return context.celery().send_task(
+        names.PREDICT, args=[service.version_id, data], queue=service.flavor, serializer="msgpack"
+    )
+
+
+@blp.route("/services/<string:service_id>/predict")
+class Predict(MethodView):
+    @blp.arguments(ImageFilesSchema, location="files")
+    @blp.response(200, PredictionSchema)
+    def post(self, files: dict[str, Any], service_id: str) -> dict[str, Any]:
+        """Detect objects in one image and wait for the answer."""
+        started = time.perf_counter()
+        result = _send(g.service, files)
+        ok, inference_ms = False, None
+        try:
+            answer: dict[str, Any] = result.get(timeout=context.settings().predict_timeout)
+            ok, inference_ms = True, answer.get("inference_ms")
+            return answer
+        except CeleryTimeout as exc:
+            raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within "
+                                    f"{context.settings().predict_timeout:g} s") from exc
+        finally:
+            result.forget()
+            monitoring.record(context.redis_client(), service_id,
+                              (time.perf_counter() - started) * 1000, ok, inference_ms)
+
+
+@blp.route("/services/<string:service_id>/predictions")
+class Submit(MethodView):
+    @blp.arguments(ImageFilesSchema, location="files")
+    @blp.response(202, TaskCreatedSchema)
+    def post(self, files: dict[str, Any], service_id: str) -> dict[str, str]:
+        """Queue a prediction and answer at once with its task id."""
+        result = _send(g.service, files)
+        context.redis_client().set(TASK_KEY.format(task_id=result.id), service_id,
+                                   ex=context.settings().result_ttl)
+        return {"task_id": result.id}
+
+
+@blp.route("/predictions/<string:task_id>")
+class Task(MethodView):
+    @blp.response(200, TaskSchema)
+    def get(self, task_id: str) -> dict[str, Any]:
+        """The status and result of an asynchronous prediction."""
+        result = AsyncResult(task_id, app=context.celery())
+        state = result.state
+        body: dict[str, Any] = {"task_id": task_id, "status": state, "result": None, "error": None}
+        if state == "SUCCESS":
+            body["result"] = result.result
+        elif state == "FAILURE":
+            exc = result.result
+            body["error"] = exc.message if isinstance(exc, DetserveError) else str(exc)
+        elif state not in ("PENDING", "STARTED"):
+            body["status"] = "PENDING"  # RECEIVED/RETRY look the same to a caller
+        return body

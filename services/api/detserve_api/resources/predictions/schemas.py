@@ -1,0 +1,29 @@
+"""Schemas of predictions: the result, the async task."""
+
+from __future__ import annotations
+
+from flask_smorest.fields import Upload
+from marshmallow import Schema, fields
+
+
+class ImageFilesSchema(Schema):
+    images = Upload(metadata={"description": "one JPG, JPEG, BMP or PNG image"})
+
+
+class PredictionSchema(Schema):
+    detection_classes = fields.List(fields.String())
+    detection_boxes = fields.List(fields.List(fields.Float()),
+                                  metadata={"description": "[y_min, x_min, y_max, x_max] in pixels"})
+    detection_scores = fields.List(fields.Float())
+    inference_ms = fields.Float(metadata={"description": "time spent in the worker's pipeline"})
+
+
+class TaskCreatedSchema(Schema):
+    task_id = fields.String()
+
+
+class TaskSchema(Schema):
+    task_id = fields.String()
+    status = fields.String()
+    result = fields.Nested(PredictionSchema, allow_none=True)
+    error = fields.String(allow_none=True)

@@ -1,0 +1,96 @@
+"""Schemas of services: the deploy request, the service, its events and monitoring."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from detserve.tasknames import FLAVORS
+
+AUTO_STOP_PRESETS = (1, 2, 4, 6)
+
+
+class AutoStopArgsSchema(Schema):
+    enabled = fields.Boolean(load_default=True)
+    hours = fields.Integer(
+        strict=True, load_default=1, validate=validate.Range(1, 24),
+        metadata={"description": "1, 2, 4 or 6 (presets), or any integer 1..24 (custom)"},
+    )
+
+
+class DeployArgsSchema(Schema):
+    name = fields.String(load_default=None, validate=validate.Length(1, 128))
+    model = fields.String(required=True, validate=validate.Length(1, 128))
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(1))
+    flavor = fields.String(required=True, validate=validate.OneOf(FLAVORS))
+    compute_nodes = fields.Integer(
+        strict=True, load_default=1,
+        validate=validate.Equal(1, error="compute_nodes is fixed at 1"),
+    )
+    auto_stop = fields.Nested(AutoStopArgsSchema, load_default=lambda: {"enabled": True, "hours": 1})
+
+
+class PatchArgsSchema(Schema):
+    auto_stop = fields.Nested(AutoStopArgsSchema, required=True)
+
+
+class AutoStopSchema(Schema):
+    enabled = fields.Boolean()
+    hours = fields.Integer()
+    stop_at = fields.String(allow_none=True)
+
+
+class ServiceSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    model = fields.String()
+    version = fields.Integer()
+    flavor = fields.String()
+    compute_nodes = fields.Integer()
+    status = fields.String()
+    auto_stop = fields.Nested(AutoStopSchema)
+    created_at = fields.String()
+    updated_at = fields.String()
+    running_seconds = fields.Float()
+    cost = fields.Float()
+    error = fields.String(allow_none=True)
+    predict_url = fields.String()
+    key = fields.String(metadata={"description": "only in the answer to deploy and key rotation"})
+
+
+class ServiceListSchema(Schema):
+    services = fields.List(fields.Nested(ServiceSchema))
+
+
+class KeySchema(Schema):
+    key = fields.String()
+
+
+class EventSchema(Schema):
+    at = fields.String()
+    from_ = fields.String(data_key="from", allow_none=True)
+    to = fields.String()
+    reason = fields.String()
+
+
+class EventListSchema(Schema):
+    events = fields.List(fields.Nested(EventSchema))
+
+
+class SeriesPointSchema(Schema):
+    minute = fields.String()
+    requests = fields.Integer()
+    failures = fields.Integer()
+    p50_ms = fields.Float(allow_none=True)
+
+
+class LatencySchema(Schema):
+    p50 = fields.Float(allow_none=True)
+    p95 = fields.Float(allow_none=True)
+    p99 = fields.Float(allow_none=True)
+
+
+class MonitoringSchema(Schema):
+    requests = fields.Integer()
+    failures = fields.Integer()
+    latency_ms = fields.Nested(LatencySchema)
+    series = fields.List(fields.Nested(SeriesPointSchema))

@@ -1,0 +1,42 @@
+"""A service row as the contract shows it (running time and cost derived, never stored twice)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import url_for
+
+from detserve.config import Settings
+from detserve.status import RUNNING
+from detserve.store import Service, utcnow
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def running_seconds(service: Service) -> float:
+    """Accrued running time, plus the current stretch while Running."""
+    total = service.running_seconds or 0.0
+    if service.status == RUNNING and service.running_since is not None:
+        total += max(0.0, (utcnow() - service.running_since).total_seconds())
+    return total
+
+
+def service_view(service: Service, settings: Settings) -> dict[str, Any]:
+    seconds = running_seconds(service)
+    price = settings.prices.get(service.flavor, 0.0)
+    # Cost counts in the user's hours, so a shrunk hour (tests) shrinks the bill the same way.
+    hours = seconds / settings.autostop_hour_seconds
+    return {
+        "id": service.id, "name": service.name, "model": service.model,
+        "version": service.version, "flavor": service.flavor,
+        "compute_nodes": service.compute_nodes, "status": service.status,
+        "auto_stop": {"enabled": service.auto_stop_enabled, "hours": service.auto_stop_hours,
+                      "stop_at": iso(service.stop_at)},
+        "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
+        "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
+        "error": service.error,
+        "predict_url": url_for("predictions.Predict", service_id=service.id, _external=True),
+    }

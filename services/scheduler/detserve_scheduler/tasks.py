@@ -1,0 +1,44 @@
+"""scheduler.stop (a countdown, token-checked, idempotent) and scheduler.sweep (the safety net)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+
+from detserve import deployments
+from detserve import tasknames as names
+from detserve.artifacts import ArtifactStore
+from detserve.bus import CeleryBus
+from detserve.config import Settings
+from detserve.store import Store
+
+log = logging.getLogger("detserve.scheduler")
+
+
+def register_scheduler_tasks(app: Celery, settings: Settings) -> None:
+    """Register the scheduler's tasks on `app`."""
+    runtimes: dict[int, deployments.Runtime] = {}
+
+    def runtime() -> deployments.Runtime:
+        pid = os.getpid()  # one store per process, made after fork
+        if pid not in runtimes:
+            runtimes[pid] = deployments.Runtime(
+                Store(settings.database_url), ArtifactStore(settings.artifacts_dir),
+                CeleryBus(app), settings.autostop_hour_seconds)
+        return runtimes[pid]
+
+    @app.task(name=names.STOP, ignore_result=True)
+    def stop(service_id: str, token: str) -> None:
+        """An auto stop came due; a stale or repeated delivery finds a voided token and returns."""
+        if deployments.auto_stop(runtime(), service_id, token):
+            log.info("auto stopped service %s", service_id)
+
+    @app.task(name=names.SWEEP, ignore_result=True)
+    def sweep(**_: Any) -> None:
+        """Stop every Running service past its stop_at."""
+        stopped = deployments.sweep(runtime())
+        if stopped:
+            log.info("sweep auto stopped %s", ", ".join(stopped))

@@ -1,0 +1,34 @@
+"""GPU worker: Celery on queue "gpu", models run as TensorRT engines built from ONNX.
+
+Run with `detserve worker --flavor gpu`; it refuses to start without a usable GPU and TensorRT.
+"""
+
+from __future__ import annotations
+
+from detserve.errors import MissingDependencyError
+
+
+def gpu_problem() -> str | None:
+    """Why a GPU worker cannot run here, or None when it can."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "TensorRT is not installed (pip install 'detserve[gpu]' on a machine with CUDA)"
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return "pycuda is not installed (pip install 'detserve[gpu]')"
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            return "no NVIDIA GPU is visible to this process"
+    except Exception as exc:  # the driver raises its own error types
+        return f"the CUDA driver is not usable: {exc}"
+    return None
+
+
+def require_gpu() -> None:
+    """Raises MissingDependencyError when this machine cannot run a GPU worker."""
+    problem = gpu_problem()
+    if problem:
+        raise MissingDependencyError(f"cannot start a GPU worker: {problem}")

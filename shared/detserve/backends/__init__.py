@@ -1,0 +1,1 @@
+"""Inference backends: one protocol, one module per runtime."""

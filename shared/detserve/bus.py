@@ -1,0 +1,44 @@
+"""The messages the service layer sends, over Celery by task name (never by import)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Protocol
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from detserve import tasknames as names
+
+UNLOAD_CHANNEL = "detserve:unload"
+
+
+class Bus(Protocol):
+    def deploy(self, service_id: str, flavor: str) -> None: ...
+    def countdown(self, service_id: str, token: str, eta: datetime) -> None: ...
+    def revoke(self, token: str) -> None: ...
+    def unload(self, version_id: int) -> None: ...
+
+
+class CeleryBus:
+    """Sends tasks on the right queue; unload is a Redis broadcast every worker process hears."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def deploy(self, service_id: str, flavor: str) -> None:
+        self.app.send_task(names.DEPLOY, args=[service_id], queue=flavor)
+
+    def countdown(self, service_id: str, token: str, eta: datetime) -> None:
+        # The arming token doubles as the task id, so re-arming can revoke it by name.
+        self.app.send_task(names.STOP, args=[service_id, token], eta=eta, task_id=token,
+                           queue="scheduler")
+
+    def revoke(self, token: str) -> None:
+        AsyncResult(token, app=self.app).revoke()
+
+    def unload(self, version_id: int) -> None:
+        with self.app.connection_for_write() as conn:
+            client: Any = conn.default_channel.client
+            client.publish(UNLOAD_CHANNEL, json.dumps({"version_id": version_id}))

@@ -1,0 +1,112 @@
+"""Settings: one frozen dataclass, read from the environment at call time, passed down."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+MB = 1024 * 1024
+
+# price per hour of each flavor; DETSERVE_PRICE_CPU / DETSERVE_PRICE_GPU override them.
+DEFAULT_PRICES = {"cpu": 0.10, "gpu": 1.20}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a detserve process needs to know; defaults work on a laptop."""
+
+    data_dir: Path = Path(".detserve")
+    database_url: str = ""
+    redis_url: str = ""
+    admin_token: str = ""
+    api_url: str = ""
+    autostop_hour_seconds: float = 3600.0
+    sweep_seconds: float = 5.0
+    heartbeat_seconds: float = 5.0
+    max_model_bytes: int = 500 * MB
+    max_image_bytes: int = 20 * MB
+    max_image_pixels: int = 50_000_000
+    predict_timeout: float = 30.0
+    result_ttl: int = 3600
+    worker_concurrency: int = 2
+    ort_threads: int = 1
+    model_cache_size: int = 8
+    prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "DETSERVE_", environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings from `DETSERVE_*` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(prefix + f.name.upper())
+            if raw is None or f.name == "prices":
+                continue
+            values[f.name] = _coerce(f.name, raw)
+        prices = dict(DEFAULT_PRICES)
+        for flavor in prices:
+            raw = env.get(f"{prefix}PRICE_{flavor.upper()}")
+            if raw is not None:
+                prices[flavor] = float(raw)
+        return cls(prices=prices, **values).resolved()
+
+    def resolved(self) -> Settings:
+        """Fill the defaults that depend on the data dir."""
+        data_dir = Path(self.data_dir).expanduser().absolute()
+        db = self.database_url or f"sqlite:///{data_dir / 'detserve.db'}"
+        return replace(self, data_dir=data_dir, database_url=db)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Settings:
+        """Return a copy with some fields replaced (tests, the app factory's mapping)."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known}).resolved()
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment a child process needs to rebuild these settings."""
+        env = {}
+        for f in fields(self):
+            if f.name == "prices":
+                continue
+            value = getattr(self, f.name)
+            env["DETSERVE_" + f.name.upper()] = str(value)
+        for flavor, price in self.prices.items():
+            env[f"DETSERVE_PRICE_{flavor.upper()}"] = str(price)
+        return env
+
+
+def _coerce(name: str, raw: str) -> Any:
+    default = {f.name: f for f in fields(Settings)}[name].default
+    if isinstance(default, Path):
+        return Path(raw)
+    if isinstance(default, bool):
+        return raw.lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def admin_token(settings: Settings) -> str:
+    """The admin token: from the environment, else generated once and kept in the data dir."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = settings.data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token)
+    return token

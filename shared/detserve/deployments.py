@@ -1,0 +1,323 @@
+"""Service layer: register versions, deploy, start, stop, auto stop. Store and bus are injected."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from detserve import status
+from detserve.artifacts import ArtifactStore
+from detserve.bus import Bus
+from detserve.errors import (
+    InvalidModel,
+    NotFound,
+    StaleTransition,
+    VersionInUse,
+    VersionNotDeployable,
+)
+from detserve.packages import read_package
+from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the service layer works with; each entry point builds one."""
+
+    store: Store
+    artifacts: ArtifactStore
+    bus: Bus
+    hour_seconds: float = 3600.0
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+# ---- versions -----------------------------------------------------------------------------
+
+
+def register_version(
+    rt: Runtime, model: str, data: bytes, config_text: str | None, version_status: str,
+    *, max_bytes: int,
+) -> ModelVersion:
+    """Check a model package, store its bytes by hash and record the next version number."""
+    if version_status not in status.VERSION_STATUSES:
+        raise InvalidModel(f"status {version_status!r} is not one of {', '.join(status.VERSION_STATUSES)}",
+                           fields={"status": [f"one of {', '.join(status.VERSION_STATUSES)}"]})
+    package = read_package(data, config_text, max_bytes=max_bytes)
+    digest = rt.artifacts.put(package.onnx_bytes)
+    with rt.store.session() as session:
+        latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model == model))
+        row = ModelVersion(
+            model=model, version=(latest or 0) + 1, status=version_status, sha256=digest,
+            size_bytes=len(package.onnx_bytes), labels=package.labels, input=package.input,
+            output=package.output, created_at=utcnow(),
+        )
+        session.add(row)
+    return row
+
+
+def get_version(rt: Runtime, model: str, version: int) -> ModelVersion:
+    with rt.store.session(readonly=True) as session:
+        row = session.scalar(
+            select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
+        )
+    if row is None:
+        raise NotFound(f"model {model!r} has no version {version}")
+    return row
+
+
+def delete_version(rt: Runtime, model: str, version: int) -> None:
+    """Delete a version no live service uses (its bytes stay if another version shares them)."""
+    row = get_version(rt, model, version)
+    with rt.store.session() as session:
+        users = session.scalars(
+            select(Service.id).where(Service.version_id == row.id, Service.status != status.STOPPED)
+        ).all()
+        if users:
+            raise VersionInUse(f"version {version} of {model!r} is used by service(s) "
+                               f"{', '.join(users)} that are not Stopped; stop or delete them first")
+        for svc in session.scalars(select(Service).where(Service.version_id == row.id)):
+            session.delete(svc)
+        session.delete(session.get(ModelVersion, row.id))
+        shared = session.scalar(select(func.count()).where(ModelVersion.sha256 == row.sha256))
+    if not shared:
+        rt.artifacts.delete(row.sha256)
+
+
+# ---- services -----------------------------------------------------------------------------
+
+
+def create_service(
+    rt: Runtime, version: ModelVersion, flavor: str, name: str | None, auto_stop: dict[str, Any]
+) -> tuple[Service, str]:
+    """Record a service in Deploying, send it to the flavor's queue; return it with its key."""
+    if version.status != status.SUCCESSFUL:
+        raise VersionNotDeployable(
+            f"version {version.version} of {version.model!r} is {version.status}; "
+            "only Successful versions can be deployed"
+        )
+    key = secrets.token_urlsafe(24)
+    now = utcnow()
+    service = Service(
+        id=uuid.uuid4().hex, name=name or f"{version.model}-v{version.version}",
+        version_id=version.id, model=version.model, version=version.version, flavor=flavor,
+        compute_nodes=1, status=status.DEPLOYING, auto_stop_enabled=auto_stop["enabled"],
+        auto_stop_hours=auto_stop["hours"], key_hash=hash_key(key), running_seconds=0.0,
+        created_at=now, updated_at=now,
+    )
+    with rt.store.session() as session:
+        session.add(service)
+        session.add(ServiceEvent(service_id=service.id, at=now, from_status=None,
+                                 to_status=status.DEPLOYING, reason="created"))
+    rt.bus.deploy(service.id, flavor)  # only after the row is committed
+    return service, key
+
+
+def get_service(rt: Runtime, service_id: str) -> Service:
+    with rt.store.session(readonly=True) as session:
+        row = session.get(Service, service_id)
+    if row is None:
+        raise NotFound(f"no service {service_id!r}")
+    return row
+
+
+def start(rt: Runtime, service_id: str, reason: str = "user") -> Service:
+    """Stopped or Failed → Deploying and send the deploy; a second start is a no-op."""
+    service = get_service(rt, service_id)
+    if service.status in status.ACTIVE:
+        return service
+    status.transition(rt.store, service_id, status.STARTABLE, status.DEPLOYING, reason=reason,
+                      error=None, stop_at=None, stop_token=None)
+    rt.bus.deploy(service_id, service.flavor)
+    return get_service(rt, service_id)
+
+
+def stop(rt: Runtime, service_id: str, reason: str = "user",
+         billing_until: datetime | None = None) -> bool:
+    """Stop a service (→ Stopping → Stopped) and void its countdown; False if already stopped."""
+    service = get_service(rt, service_id)
+    if service.status not in status.STOPPABLE:
+        return False
+    try:
+        status.transition(rt.store, service_id, status.STOPPABLE, status.STOPPING, reason=reason,
+                          billing_until=billing_until, stop_at=None, stop_token=None)
+    except StaleTransition:
+        return False  # someone else stopped it first
+    if service.stop_token:
+        rt.bus.revoke(service.stop_token)
+    if not _version_in_use(rt, service.version_id):
+        rt.bus.unload(service.version_id)
+    status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
+    return True
+
+
+def delete_service(rt: Runtime, service_id: str) -> None:
+    stop(rt, service_id)
+    with rt.store.session() as session:
+        row = session.get(Service, service_id)
+        if row is not None:
+            session.delete(row)
+
+
+def rotate_key(rt: Runtime, service_id: str) -> str:
+    """A new prediction key; the old one stops working at once."""
+    get_service(rt, service_id)
+    key = secrets.token_urlsafe(24)
+    with rt.store.session() as session:
+        row = session.get(Service, service_id)
+        if row is None:
+            raise NotFound(f"no service {service_id!r}")
+        row.key_hash = hash_key(key)
+        row.updated_at = utcnow()
+    return key
+
+
+def update_auto_stop(rt: Runtime, service_id: str, auto_stop: dict[str, Any]) -> Service:
+    """Change the auto-stop setting; a Running service is re-armed from now."""
+    old = get_service(rt, service_id)
+    with rt.store.session() as session:
+        row = session.get(Service, service_id)
+        if row is None:
+            raise NotFound(f"no service {service_id!r}")
+        row.auto_stop_enabled = auto_stop["enabled"]
+        row.auto_stop_hours = auto_stop["hours"]
+        row.updated_at = utcnow()
+    if old.stop_token:
+        rt.bus.revoke(old.stop_token)
+    if old.status == status.RUNNING:
+        arm(rt, service_id)
+    return get_service(rt, service_id)
+
+
+def events(rt: Runtime, service_id: str) -> list[ServiceEvent]:
+    get_service(rt, service_id)
+    with rt.store.session(readonly=True) as session:
+        return list(session.scalars(
+            select(ServiceEvent).where(ServiceEvent.service_id == service_id)
+            .order_by(ServiceEvent.id)
+        ))
+
+
+def _version_in_use(rt: Runtime, version_id: int) -> bool:
+    with rt.store.session(readonly=True) as session:
+        return bool(session.scalar(select(func.count()).where(
+            Service.version_id == version_id, Service.status.in_(status.ACTIVE))))
+
+
+# ---- auto stop ----------------------------------------------------------------------------
+
+
+def arming(rt: Runtime, hours: int, enabled: bool) -> dict[str, Any]:
+    """The fields that arm (or disarm) an auto stop counted from now."""
+    if not enabled:
+        return {"stop_at": None, "stop_token": None}
+    stop_at = utcnow() + timedelta(seconds=hours * rt.hour_seconds)
+    return {"stop_at": stop_at, "stop_token": uuid.uuid4().hex}
+
+
+def arm(rt: Runtime, service_id: str) -> None:
+    """Arm a Running service's auto stop from now and send the countdown."""
+    service = get_service(rt, service_id)
+    fields = arming(rt, service.auto_stop_hours, service.auto_stop_enabled)
+    with rt.store.session() as session:
+        row = session.get(Service, service_id)
+        if row is None or row.status != status.RUNNING:
+            return
+        row.stop_at, row.stop_token = fields["stop_at"], fields["stop_token"]
+    send_countdown(rt, service_id, fields)
+
+
+def send_countdown(rt: Runtime, service_id: str, fields: dict[str, Any]) -> None:
+    if fields.get("stop_token"):
+        rt.bus.countdown(service_id, fields["stop_token"], fields["stop_at"])
+
+
+def auto_stop(rt: Runtime, service_id: str, token: str) -> bool:
+    """The countdown fired: stop only if this arming is still the current one."""
+    with rt.store.session(readonly=True) as session:
+        row = session.get(Service, service_id)
+    if row is None or row.stop_token != token or row.status != status.RUNNING:
+        return False
+    return stop(rt, service_id, reason="auto_stop", billing_until=row.stop_at)
+
+
+def sweep(rt: Runtime) -> list[str]:
+    """Stop every Running service past its stop_at (countdowns lost to crashes or flushes)."""
+    now = utcnow()
+    with rt.store.session(readonly=True) as session:
+        due = session.execute(
+            select(Service.id, Service.stop_token).where(
+                Service.status == status.RUNNING, Service.stop_at.is_not(None),
+                Service.stop_at <= now)
+        ).all()
+    return [sid for sid, token in due if token and auto_stop(rt, sid, token)]
+
+
+def recover(rt: Runtime) -> list[str]:
+    """After a restart, send every service that should be up back to a worker."""
+    with rt.store.session(readonly=True) as session:
+        rows = session.execute(
+            select(Service.id, Service.status).where(Service.status.in_(
+                [status.RUNNING, status.DEPLOYING, status.STOPPING]))
+        ).all()
+    redeployed = []
+    for sid, current in rows:
+        service = get_service(rt, sid)
+        if current == status.RUNNING and service.stop_at and service.stop_at <= utcnow():
+            auto_stop(rt, sid, service.stop_token or "")  # it came due while we were down
+            continue
+        try:
+            if current == status.STOPPING:
+                status.transition(rt.store, sid, status.STOPPING, status.STOPPED, reason="restart")
+                continue
+            if current == status.RUNNING:
+                status.transition(rt.store, sid, status.RUNNING, status.DEPLOYING, reason="restart")
+        except StaleTransition:
+            continue
+        rt.bus.deploy(sid, service.flavor)
+        redeployed.append(sid)
+    return redeployed
+
+
+# ---- worker side --------------------------------------------------------------------------
+
+
+def complete_deploy(rt: Runtime, service_id: str, load: Any) -> str:
+    """Load the model (`load(version)` warms it up), then Deploying → Running and arm auto stop.
+
+    A stop that arrived meanwhile wins the compare-and-set; a model that cannot load leaves the
+    service Failed with the reason. Returns the status the service ends in.
+    """
+    with rt.store.session(readonly=True) as session:
+        service = session.get(Service, service_id)
+        version = session.get(ModelVersion, service.version_id) if service else None
+    if service is None or version is None or service.status != status.DEPLOYING:
+        return service.status if service else "missing"
+    try:
+        load(version)
+    except Exception as exc:  # any failure to load is the user's to read, not a crash
+        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        try:
+            status.transition(rt.store, service_id, status.DEPLOYING, status.FAILED,
+                              reason="deploy_failed", error=message)
+        except StaleTransition:
+            pass
+        return status.FAILED
+    # A service redeployed after a restart keeps the auto stop it was armed with.
+    keep = service.stop_token is not None and service.stop_at is not None
+    fields = {} if keep else arming(rt, service.auto_stop_hours, service.auto_stop_enabled)
+    try:
+        status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
+                          reason="deployed", error=None, **fields)
+    except StaleTransition:
+        return get_service(rt, service_id).status
+    send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
+                                              "stop_at": service.stop_at})
+    return status.RUNNING

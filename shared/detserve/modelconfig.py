@@ -1,0 +1,53 @@
+"""The model config (`model.json` or the `config` field): how to feed and decode a model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+
+class InputSchema(Schema):
+    size = fields.Raw(load_default=None)  # int or [h, w]; inferred from the ONNX input if absent
+    resize = fields.String(load_default="letterbox", validate=validate.OneOf(["letterbox", "stretch"]))
+    color = fields.String(load_default="RGB", validate=validate.OneOf(["RGB", "BGR"]))
+    scale = fields.Float(load_default=None)
+    mean = fields.List(fields.Float(), load_default=None, validate=validate.Length(equal=3))
+    std = fields.List(fields.Float(), load_default=None, validate=validate.Length(equal=3))
+    layout = fields.String(load_default=None, validate=validate.OneOf(["NCHW", "NHWC"]))
+    dtype = fields.String(load_default=None, validate=validate.OneOf(["float32", "uint8"]))
+
+    @validates_schema
+    def _size(self, data: dict[str, Any], **_: Any) -> None:
+        size = data.get("size")
+        if size is None:
+            return
+        ok = (isinstance(size, int) and size > 0) or (
+            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
+        )
+        if not ok:
+            raise ValidationError("size is a positive integer or [height, width]", "size")
+
+
+class OutputSchema(Schema):
+    decoder = fields.String(load_default="yolo", validate=validate.OneOf(["yolo", "boxes"]))
+    score_threshold = fields.Float(load_default=0.25, validate=validate.Range(0, 1))
+    iou_threshold = fields.Float(load_default=0.45, validate=validate.Range(0, 1))
+    max_detections = fields.Integer(load_default=100, validate=validate.Range(1, 10000))
+    class_offset = fields.Integer(load_default=0)
+
+
+class ModelConfigSchema(Schema):
+    labels = fields.List(fields.String(), load_default=None)
+    input = fields.Nested(InputSchema, load_default=lambda: InputSchema().load({}))
+    output = fields.Nested(OutputSchema, load_default=lambda: OutputSchema().load({}))
+
+
+def load_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate a config dict and fill its defaults.
+
+    Raises:
+        marshmallow.ValidationError: with messages keyed by field.
+    """
+    loaded: dict[str, Any] = ModelConfigSchema().load(raw)
+    return loaded

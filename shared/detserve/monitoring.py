@@ -1,0 +1,111 @@
+"""Per-service request counters in Redis, by minute, so every API process sees the same numbers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+
+WINDOW_MINUTES = 60
+KEEP_SECONDS = 2 * 3600
+MAX_SAMPLES = 2000  # latencies kept per service-minute for percentiles
+BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def _minute(ts: float) -> int:
+    return int(ts // 60) * 60
+
+
+def record(client: redis.Redis, service_id: str, latency_ms: float, ok: bool,
+           inference_ms: float | None = None, now: float | None = None) -> None:
+    """Count one prediction request (pipelined: one round trip)."""
+    ts = now if now is not None else time.time()
+    minute = _minute(ts)
+    stats, lat = f"detserve:mon:{service_id}:{minute}", f"detserve:lat:{service_id}:{minute}"
+    total = f"detserve:metrics:{service_id}"
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(stats, "requests", 1)
+    pipe.hincrby(total, "requests", 1)
+    if not ok:
+        pipe.hincrby(stats, "failures", 1)
+        pipe.hincrby(total, "failures", 1)
+    pipe.rpush(lat, round(latency_ms, 3))
+    pipe.ltrim(lat, -MAX_SAMPLES, -1)
+    pipe.expire(stats, KEEP_SECONDS)
+    pipe.expire(lat, KEEP_SECONDS)
+    bucket = next((b for b in BUCKETS_MS if latency_ms <= b), "inf")
+    pipe.hincrby(total, f"le_{bucket}", 1)
+    pipe.hincrbyfloat(total, "latency_sum_ms", latency_ms)
+    if inference_ms is not None:
+        pipe.hincrbyfloat(total, "inference_sum_ms", inference_ms)
+        pipe.hincrby(total, "inference_count", 1)
+    pipe.sadd("detserve:metrics:services", service_id)
+    pipe.execute()
+
+
+def summary(client: redis.Redis, service_id: str, now: float | None = None) -> dict[str, Any]:
+    """Requests, failures and latency percentiles over the last hour, with a per-minute series."""
+    end = _minute(now if now is not None else time.time())
+    minutes = [end - 60 * i for i in range(WINDOW_MINUTES - 1, -1, -1)]
+    pipe = client.pipeline(transaction=False)
+    for m in minutes:
+        pipe.hgetall(f"detserve:mon:{service_id}:{m}")
+        pipe.lrange(f"detserve:lat:{service_id}:{m}", 0, -1)
+    replies = pipe.execute()
+    series, everything = [], []
+    requests = failures = 0
+    for i, m in enumerate(minutes):
+        stats, lats = replies[2 * i], [float(x) for x in replies[2 * i + 1]]
+        req, fail = int(stats.get(b"requests", 0)), int(stats.get(b"failures", 0))
+        requests, failures = requests + req, failures + fail
+        everything.extend(lats)
+        series.append({"minute": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(m)),
+                       "requests": req, "failures": fail, "p50_ms": _pct(lats, 50)})
+    return {"requests": requests, "failures": failures,
+            "latency_ms": {"p50": _pct(everything, 50), "p95": _pct(everything, 95),
+                           "p99": _pct(everything, 99)},
+            "series": series}
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return round(ordered[idx], 3)
+
+
+def prometheus(client: redis.Redis) -> str:
+    """Prometheus text exposition of every service's totals."""
+    ids = sorted(x.decode() for x in client.smembers("detserve:metrics:services"))
+    pipe = client.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hgetall(f"detserve:metrics:{sid}")
+    rows = dict(zip(ids, pipe.execute(), strict=True))
+    lines = [
+        "# HELP detserve_requests_total Prediction requests per service.",
+        "# TYPE detserve_requests_total counter",
+        *[f'detserve_requests_total{{service="{s}"}} {int(r.get(b"requests", 0))}' for s, r in rows.items()],
+        "# HELP detserve_failures_total Failed prediction requests per service.",
+        "# TYPE detserve_failures_total counter",
+        *[f'detserve_failures_total{{service="{s}"}} {int(r.get(b"failures", 0))}' for s, r in rows.items()],
+        "# HELP detserve_request_latency_seconds Prediction request latency seen by the API.",
+        "# TYPE detserve_request_latency_seconds histogram",
+    ]
+    for sid, r in rows.items():
+        cumulative = 0
+        for b in (*BUCKETS_MS, "inf"):
+            cumulative += int(r.get(f"le_{b}".encode(), 0))
+            le = "+Inf" if b == "inf" else f"{b / 1000:g}"
+            lines.append(f'detserve_request_latency_seconds_bucket{{service="{sid}",le="{le}"}} {cumulative}')
+        lines.append(f'detserve_request_latency_seconds_sum{{service="{sid}"}} '
+                     f'{float(r.get(b"latency_sum_ms", 0)) / 1000:.6f}')
+        lines.append(f'detserve_request_latency_seconds_count{{service="{sid}"}} {cumulative}')
+    lines += ["# HELP detserve_inference_seconds Time the workers spent in the model pipeline.",
+              "# TYPE detserve_inference_seconds summary"]
+    for sid, r in rows.items():
+        lines.append(f'detserve_inference_seconds_sum{{service="{sid}"}} '
+                     f'{float(r.get(b"inference_sum_ms", 0)) / 1000:.6f}')
+        lines.append(f'detserve_inference_seconds_count{{service="{sid}"}} {int(r.get(b"inference_count", 0))}')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,219 @@
+"""Model packages: an .onnx file or a .zip with model.onnx + model.json, checked and described."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import posixpath
+import zipfile
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+from marshmallow import ValidationError
+from onnx import external_data_helper
+
+from detserve.errors import InvalidModel, PayloadTooLarge
+from detserve.modelconfig import load_config
+from detserve.processing.postprocess import match_outputs
+
+_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8"}
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A checked ONNX model and its complete config (labels, input, output)."""
+
+    onnx_bytes: bytes
+    labels: list[str]
+    input: dict[str, Any]
+    output: dict[str, Any]
+
+
+def read_package(data: bytes, config_text: str | None, *, max_bytes: int) -> ModelPackage:
+    """Check an upload and work out how to run it.
+
+    Raises:
+        InvalidModel: not ONNX or zip, unsafe paths, fails onnx.checker, or config mismatch.
+        PayloadTooLarge: over the model size limit.
+    """
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(f"the model is {len(data)} bytes; the limit is {max_bytes} bytes")
+    if not data:
+        raise InvalidModel("no model was sent: upload an .onnx file or a .zip in field 'model'",
+                           fields={"model": ["missing or empty"]})
+    files: dict[str, bytes] = {}
+    config: dict[str, Any] = {}
+    if data.startswith(b"PK"):
+        files = _unzip(data, max_bytes=max_bytes)
+        if "model.onnx" not in files:
+            raise InvalidModel("the zip holds no model.onnx at its top level",
+                               fields={"model": ["zip without model.onnx"]})
+        if "model.json" in files:
+            config = _json(files["model.json"], "model.json")
+        data = files["model.onnx"]
+    if config_text:
+        config = _json(config_text.encode(), "config")
+    model = _parse(data, files)
+    return _describe(model, config)
+
+
+def _unzip(data: bytes, *, max_bytes: int) -> dict[str, bytes]:
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        infos = archive.infolist()
+    except zipfile.BadZipFile as exc:
+        raise InvalidModel(f"the zip is damaged: {exc}", fields={"model": ["bad zip"]}) from exc
+    total = 0
+    files: dict[str, bytes] = {}
+    for info in infos:
+        name = info.filename
+        if _escapes(name):
+            raise InvalidModel(f"the zip entry {name!r} points outside the package",
+                               fields={"model": ["unsafe path in zip"]})
+        total += info.file_size
+        if total > max_bytes:
+            raise PayloadTooLarge(f"the zip unpacks to over {max_bytes} bytes")
+        if not info.is_dir():
+            files[posixpath.normpath(name)] = archive.read(info)
+    return files
+
+
+def _escapes(name: str) -> bool:
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    return name.startswith(("/", "\\")) or norm.startswith("..") or ":" in name.split("/")[0]
+
+
+def _json(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidModel(f"{where} is not valid JSON: {exc}", fields={"config": ["bad JSON"]}) from exc
+    if not isinstance(value, dict):
+        raise InvalidModel(f"{where} must be a JSON object", fields={"config": ["not an object"]})
+    return value
+
+
+def _parse(data: bytes, files: dict[str, bytes]) -> onnx.ModelProto:
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:
+        raise InvalidModel(f"the file is not an ONNX model: {exc}",
+                           fields={"model": ["not ONNX"]}) from exc
+    _inline_external_data(model, files)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InvalidModel(f"onnx.checker refused the model: {first}",
+                           fields={"model": ["fails onnx.checker"]}) from exc
+    return model
+
+
+def _inline_external_data(model: onnx.ModelProto, files: dict[str, bytes]) -> None:
+    """Pull external tensor data from inside the package into the model, refusing escapes."""
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = info.location
+        if _escapes(location) or posixpath.normpath(location) not in files:
+            raise InvalidModel(
+                f"tensor {tensor.name!r} keeps its data at {location!r}, which is outside the "
+                "package; put the file beside model.onnx in the zip",
+                fields={"model": ["external data outside the package"]},
+            )
+        blob = files[posixpath.normpath(location)]
+        start = info.offset or 0
+        end = start + info.length if info.length else len(blob)
+        tensor.raw_data = blob[start:end]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _describe(model: onnx.ModelProto, raw_config: dict[str, Any]) -> ModelPackage:
+    try:
+        config = load_config(raw_config)
+    except ValidationError as exc:
+        raise InvalidModel("the model config is invalid", fields=_flatten(exc.messages)) from exc
+    meta = {p.key: p.value for p in model.metadata_props}
+    labels = config["labels"] or _meta_labels(meta)
+    spec = _input_spec(model, config["input"], meta)
+    outputs = [(o.name, _dims(o)) for o in model.graph.output]
+    output = dict(config["output"])
+    try:
+        output.update(match_outputs(outputs, output["decoder"], len(labels) if labels else None))
+    except ValueError as exc:
+        raise InvalidModel(str(exc), fields={"config": [f"decoder {output['decoder']!r} mismatch"]}) from exc
+    if not labels:
+        count = output.get("num_classes") or 0
+        labels = [str(i) for i in range(count)]
+    return ModelPackage(model.SerializeToString(), list(labels), spec, output)
+
+
+def _meta_labels(meta: dict[str, str]) -> list[str]:
+    raw = meta.get("names")
+    if not raw:
+        return []
+    try:
+        names = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        names = json.loads(raw) if raw.startswith(("{", "[")) else []
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    return [str(n) for n in names]
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims = value.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
+def _input_spec(model: onnx.ModelProto, cfg: dict[str, Any], meta: dict[str, str]) -> dict[str, Any]:
+    initialisers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initialisers]
+    if len(inputs) != 1:
+        raise InvalidModel(f"detserve serves models with one image input; this one has {len(inputs)}",
+                           fields={"model": ["needs exactly one input"]})
+    tensor = inputs[0]
+    dims = _dims(tensor)
+    if len(dims) != 4:
+        raise InvalidModel(f"input {tensor.name!r} is {dims}; expected a 4-D image batch",
+                           fields={"model": ["input must be 4-D"]})
+    layout = cfg["layout"] or ("NHWC" if dims[3] == 3 and dims[1] != 3 else "NCHW")
+    hw = dims[2:4] if layout == "NCHW" else dims[1:3]
+    size = cfg["size"] or _meta_size(meta) or [d if isinstance(d, int) else 640 for d in hw]
+    size = [size, size] if isinstance(size, int) else list(size)
+    for have, want in zip(hw, size, strict=True):
+        if isinstance(have, int) and have != want:
+            raise InvalidModel(f"input size {size} does not fit the model's input {dims}",
+                               fields={"config": ["input.size mismatch"]})
+    elem = tensor.type.tensor_type.elem_type
+    dtype = cfg["dtype"] or _DTYPES.get(elem)
+    if dtype is None:
+        raise InvalidModel(f"input {tensor.name!r} has element type {elem}; use float32 or uint8",
+                           fields={"model": ["unsupported input dtype"]})
+    scale = cfg["scale"] if cfg["scale"] is not None else (1 / 255 if dtype == "float32" else 1.0)
+    return {"name": tensor.name, "size": size, "resize": cfg["resize"], "color": cfg["color"],
+            "scale": scale, "mean": cfg["mean"] or [0.0, 0.0, 0.0], "std": cfg["std"] or [1.0, 1.0, 1.0],
+            "layout": layout, "dtype": dtype, "batch": dims[0] if isinstance(dims[0], int) else None}
+
+
+def _meta_size(meta: dict[str, str]) -> list[int] | None:
+    raw = meta.get("imgsz")
+    if not raw:
+        return None
+    value = ast.literal_eval(raw)
+    return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out.update(_flatten(value, name))
+    else:
+        out[prefix or "config"] = [str(m) for m in (messages if isinstance(messages, list) else [messages])]
+    return out

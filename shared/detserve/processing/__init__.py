@@ -1,0 +1,1 @@
+"""Pure pre- and post-processing: image decoding, letterbox, decoders, NMS."""

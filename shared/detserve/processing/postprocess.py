@@ -1,0 +1,174 @@
+"""Decoders (YOLO v8/v5, already-decoded boxes), class-aware NMS, and rescaling to the image.
+
+Every decoder returns boxes as x1, y1, x2, y2 in model-input pixels, with scores and class ids;
+`to_image` maps them back to the upright original image as [y_min, x_min, y_max, x_max].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detserve.processing.preprocess import Geometry
+
+Shape = Sequence[int | str | None]
+Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (K,4), scores (K,), classes (K,)
+
+TFOD_NAMES = ("detection_boxes", "detection_scores", "detection_classes")
+
+
+def match_outputs(
+    outputs: Sequence[tuple[str, Shape]], decoder: str, num_classes: int | None
+) -> dict[str, Any]:
+    """Pick the layout of `decoder` that fits the ONNX outputs, or explain what was expected.
+
+    Raises:
+        ValueError: the outputs fit no layout of that decoder (the message says what would).
+    """
+    if decoder == "yolo":
+        return _match_yolo(outputs, num_classes)
+    if decoder == "boxes":
+        return _match_boxes(outputs)
+    raise ValueError(f"unknown decoder {decoder!r}: use 'yolo' or 'boxes'")
+
+
+def _match_yolo(outputs: Sequence[tuple[str, Shape]], nc: int | None) -> dict[str, Any]:
+    expected = (
+        "the yolo decoder expects one output shaped [1, 4+classes, N] (Ultralytics v8/v11) "
+        "or [1, N, 5+classes] (v5)"
+    )
+    candidates = [(n, s) for n, s in outputs if len(s) == 3]
+    if not candidates:
+        raise ValueError(f"{expected}; the model's outputs are {_describe(outputs)}")
+    name, shape = candidates[0]
+    d1, d2 = shape[1], shape[2]
+    if isinstance(d1, int) and (nc is None or d1 == 4 + nc) and (
+        not isinstance(d2, int) or d2 > d1
+    ):
+        return {"layout": "v8", "outputs": [name], "num_classes": d1 - 4}
+    if isinstance(d2, int) and (nc is None or d2 == 5 + nc) and d2 > 5:
+        return {"layout": "v5", "outputs": [name], "num_classes": d2 - 5}
+    classes = f" with {nc} classes" if nc is not None else ""
+    raise ValueError(f"{expected}{classes}; output {name!r} is {list(shape)}")
+
+
+def _match_boxes(outputs: Sequence[tuple[str, Shape]]) -> dict[str, Any]:
+    names = {n: s for n, s in outputs}
+    if all(n in names for n in TFOD_NAMES):
+        extra = ["num_detections"] if "num_detections" in names else []
+        return {"layout": "tfod", "outputs": [*TFOD_NAMES, *extra]}
+    for name, shape in outputs:
+        if shape and shape[-1] == 6 and len(shape) in (2, 3):
+            return {"layout": "e2e", "outputs": [name]}
+    raise ValueError(
+        "the boxes decoder expects outputs named detection_boxes, detection_scores and "
+        "detection_classes (optionally num_detections), or one [N, 6] / [1, N, 6] output "
+        f"(x1, y1, x2, y2, score, class); the model's outputs are {_describe(outputs)}"
+    )
+
+
+def _describe(outputs: Sequence[tuple[str, Shape]]) -> str:
+    return ", ".join(f"{n!r} {list(s)}" for n, s in outputs) or "none"
+
+
+def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int]) -> Decoded:
+    """Run the decoder named in the version's output spec on one image's raw outputs."""
+    layout, threshold = spec["layout"], float(spec.get("score_threshold", 0.25))
+    if layout == "v8":
+        boxes, scores, classes = _yolo_v8(raw[0], threshold)
+    elif layout == "v5":
+        boxes, scores, classes = _yolo_v5(raw[0], threshold)
+    elif layout == "tfod":
+        boxes, scores, classes = _tfod(raw, input_hw)
+    else:
+        boxes, scores, classes = _e2e(raw[0])
+    keep = scores >= threshold
+    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if layout in ("v8", "v5"):
+        idx = nms(boxes, scores, classes, float(spec.get("iou_threshold", 0.45)))
+    else:
+        idx = np.argsort(-scores, kind="stable")
+    idx = idx[: int(spec.get("max_detections", 100))]
+    return boxes[idx], scores[idx], classes[idx] + int(spec.get("class_offset", 0))
+
+
+def _yolo_v8(out: np.ndarray, threshold: float) -> Decoded:
+    pred = out[0] if out.ndim == 3 else out  # (4+nc, N)
+    cls_scores = pred[4:]
+    classes = cls_scores.argmax(axis=0)
+    scores = np.take_along_axis(cls_scores, classes[None], axis=0)[0]
+    keep = scores >= threshold
+    return _xywh_to_xyxy(pred[:4, keep].T), scores[keep], classes[keep]
+
+
+def _yolo_v5(out: np.ndarray, threshold: float) -> Decoded:
+    pred = out[0] if out.ndim == 3 else out  # (N, 5+nc)
+    pred = pred[pred[:, 4] >= threshold]
+    cls_scores = pred[:, 5:] * pred[:, 4:5]
+    classes = cls_scores.argmax(axis=1)
+    scores = np.take_along_axis(cls_scores, classes[:, None], axis=1)[:, 0]
+    return _xywh_to_xyxy(pred[:, :4]), scores, classes
+
+
+def _tfod(raw: Sequence[np.ndarray], input_hw: tuple[int, int]) -> Decoded:
+    boxes = np.asarray(raw[0]).reshape(-1, 4).astype(np.float32)
+    scores = np.asarray(raw[1]).reshape(-1).astype(np.float32)
+    classes = np.asarray(raw[2]).reshape(-1).astype(np.int64)
+    if len(raw) > 3:
+        n = int(np.asarray(raw[3]).reshape(-1)[0])
+        boxes, scores, classes = boxes[:n], scores[:n], classes[:n]
+    h, w = input_hw
+    # normalised [y1, x1, y2, x2] -> input pixels [x1, y1, x2, y2]
+    xyxy = boxes[:, [1, 0, 3, 2]] * np.asarray([w, h, w, h], dtype=np.float32)
+    return xyxy, scores, classes
+
+
+def _e2e(out: np.ndarray) -> Decoded:
+    pred = np.asarray(out).reshape(-1, 6).astype(np.float32)
+    return pred[:, :4], pred[:, 4], pred[:, 5].astype(np.int64)
+
+
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    half = xywh[:, 2:4] / 2
+    return np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1).astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Class-aware greedy NMS; returns kept indices, highest score first.
+
+    Boxes of different classes are shifted apart so that one pass never suppresses across
+    classes; each step is vectorised over all remaining boxes.
+    """
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = classes.astype(np.float32)[:, None] * (float(np.abs(boxes).max()) + 1.0)
+    b = boxes + offset
+    areas = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        xx1 = np.maximum(b[i, 0], b[rest, 0])
+        yy1 = np.maximum(b[i, 1], b[rest, 1])
+        xx2 = np.minimum(b[i, 2], b[rest, 2])
+        yy2 = np.minimum(b[i, 3], b[rest, 3])
+        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
+        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def to_image(
+    boxes: np.ndarray, geometry: Geometry, scale: float, width: int, height: int
+) -> np.ndarray:
+    """Input-pixel x1,y1,x2,y2 to original-image [y_min, x_min, y_max, x_max], clipped."""
+    if len(boxes) == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    x = (boxes[:, [0, 2]] - geometry.pad_x) / geometry.gain_x * scale
+    y = (boxes[:, [1, 3]] - geometry.pad_y) / geometry.gain_y * scale
+    x = x.clip(0, width)
+    y = y.clip(0, height)
+    return np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], axis=1)

@@ -1,0 +1,9 @@
+"""Every task's name, service.action; the API sends by name and never imports worker code."""
+
+DEPLOY = "worker.deploy"
+PREDICT = "worker.predict"
+STOP = "scheduler.stop"
+SWEEP = "scheduler.sweep"
+
+QUEUES = ("cpu", "gpu", "scheduler")
+FLAVORS = ("cpu", "gpu")

@@ -1,0 +1,135 @@
+"""Worker tasks (deploy, predict) and the per-process ModelHost, for any Backend class."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import redis
+from celery import Celery, signals
+
+from detserve import tasknames as names
+from detserve.artifacts import ArtifactStore
+from detserve.bus import UNLOAD_CHANNEL, CeleryBus
+from detserve.config import Settings, admin_token
+from detserve.deployments import Runtime, complete_deploy
+from detserve.errors import NotFound
+from detserve.heartbeats import connect_heartbeat
+from detserve.inference import Detector, Limits
+from detserve.store import ModelVersion, Store
+
+log = logging.getLogger("detserve.worker")
+
+
+class ModelHost:
+    """Loaded detectors of this process, by version id, least recently used dropped first."""
+
+    def __init__(self, rt: Runtime, backend_cls: Any, settings: Settings) -> None:
+        self.rt, self.backend_cls, self.settings = rt, backend_cls, settings
+        self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels)
+        self._models: OrderedDict[int, Detector] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version_id: int) -> Detector:
+        """The detector of a version, loading it on first use in this process."""
+        with self._lock:
+            detector = self._models.get(version_id)
+            if detector is not None:
+                self._models.move_to_end(version_id)
+                return detector
+        with self.rt.store.session(readonly=True) as session:
+            version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise NotFound(f"model version {version_id} no longer exists")
+        return self.load(version)
+
+    def load(self, version: ModelVersion) -> Detector:
+        """Fetch and verify the artifact, build the backend, warm it up, cache it."""
+        data = self.rt.artifacts.get(version.sha256)
+        spec = {"input": version.input, "output": version.output}
+        log.info("loading %s v%s (%s) with %s", version.model, version.version,
+                 version.sha256[:12], self.backend_cls.__name__)
+        backend = self.backend_cls.from_package(data, spec, threads=self.settings.ort_threads)
+        detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
+        detector.warm_up()
+        with self._lock:
+            self._models[version.id] = detector
+            self._models.move_to_end(version.id)
+            while len(self._models) > self.settings.model_cache_size:
+                _, old = self._models.popitem(last=False)
+                old.backend.close()
+        return detector
+
+    def drop(self, version_id: int) -> None:
+        with self._lock:
+            detector = self._models.pop(version_id, None)
+        if detector is not None:
+            detector.backend.close()
+            log.info("unloaded model version %s", version_id)
+
+    def __contains__(self, version_id: int) -> bool:
+        return version_id in self._models
+
+
+class WorkerState:
+    """Per-process state, built lazily in the process that uses it (never before fork)."""
+
+    def __init__(self, app: Celery, backend_cls: Any, settings: Settings) -> None:
+        self.app, self.backend_cls, self.settings = app, backend_cls, settings
+        self._pid = -1
+        self._host: ModelHost | None = None
+
+    @property
+    def host(self) -> ModelHost:
+        if self._host is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._host = ModelHost(self._runtime(), self.backend_cls, self.settings)
+            _listen_for_unloads(self.settings.redis_url, self._host)
+        return self._host
+
+    def _runtime(self) -> Runtime:
+        s = self.settings
+        artifacts = ArtifactStore(s.artifacts_dir, api_url=s.api_url, token=admin_token(s))
+        return Runtime(Store(s.database_url), artifacts, CeleryBus(self.app), s.autostop_hour_seconds)
+
+
+def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, flavor: str) -> WorkerState:
+    """Register worker.deploy and worker.predict on `app`, running models with `backend_cls`."""
+    state = WorkerState(app, backend_cls, settings)
+
+    @app.task(name=names.DEPLOY, ignore_result=True)
+    def deploy(service_id: str) -> None:
+        """Load the service's model in this process and move it to Running."""
+        host = state.host
+        complete_deploy(host.rt, service_id, host.load)
+
+    @app.task(name=names.PREDICT)
+    def predict(version_id: int, image: bytes) -> dict[str, Any]:
+        """Detect objects in one image with a deployed version."""
+        started = time.perf_counter()
+        result = state.host.get(version_id).infer(image).to_dict()
+        result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return result
+
+    connect_heartbeat(settings, flavor)
+    return state
+
+
+def _listen_for_unloads(redis_url: str, host: ModelHost) -> None:
+    """Drop a model from this process when the last service using it stops."""
+
+    def run() -> None:
+        pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(UNLOAD_CHANNEL)
+        for message in pubsub.listen():
+            try:
+                host.drop(int(json.loads(message["data"])["version_id"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignored a malformed unload message: %r", message)
+
+    threading.Thread(target=run, name="detserve-unload", daemon=True).start()

