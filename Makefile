@@ -1,0 +1,35 @@
+# detserve: `make up` runs it, `make test` runs every test. Both build .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+DEV    := $(VENV)/.dev-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: up test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(DEV): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+up: $(STAMP)
+	$(VENV)/bin/detserve up
+
+test: $(DEV)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(DEV)
+	$(PY) -m ruff check shared services tests
+
+bench: $(DEV)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
