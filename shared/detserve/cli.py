@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from detserve.config import Settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and option of `detserve`."""
     parser = argparse.ArgumentParser(prog="detserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole system on this machine (embedded default)")
@@ -34,7 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     flower.add_argument("--address", default="127.0.0.1")
     flower.add_argument("--port", type=int, default=5555)
     sub.add_parser("migrate", help="bring the database schema up to date")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
     settings = Settings.from_env()

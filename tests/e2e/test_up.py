@@ -1,0 +1,116 @@
+"""`detserve up`: one command runs everything; Ctrl-C/SIGTERM leaves nothing behind; a restart
+on the same data dir finds everything as it was, Running services running again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from api_client import ApiClient
+from support import Proc, blobs_image, child_env, detserve_cmd, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def start_up(data_dir: Path, port: int, log: Path) -> Proc:
+    from detserve.config import Settings
+
+    env = child_env(Settings(data_dir=data_dir).resolved())
+    for name in ("DETSERVE_REDIS_URL", "DETSERVE_DATABASE_URL", "DETSERVE_ADMIN_TOKEN",
+                 "DETSERVE_API_URL"):
+        env.pop(name, None)  # the embedded default: its own Redis, SQLite
+    env["DETSERVE_HEARTBEAT_SECONDS"] = "1"
+    proc = Proc("up", detserve_cmd("up", "--data-dir", str(data_dir), "--port", str(port)), env, log)
+    proc.start()
+    wait_for(lambda: _up_or_dead(proc), 120, 0.2, what="detserve up to print its address")
+    return proc
+
+
+def _up_or_dead(proc: Proc) -> bool:
+    if proc.proc.poll() is not None:
+        raise AssertionError(f"detserve up exited:\n{proc.tail()}")
+    return "detserve is up." in proc.tail(100_000)
+
+
+def leftovers(data_dir: Path) -> list[str]:
+    """Processes whose command line or environment mention this data dir."""
+    found = []
+    needle = str(data_dir).encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline or needle in environ:
+            text = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {text[:200]}")
+    return found
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens there any more (connections in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def stop(proc: Proc, data_dir: Path, port: int) -> None:
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=60) == 0, proc.tail()
+    wait_for(lambda: not leftovers(data_dir), 10, what=f"no orphans: {leftovers(data_dir)}")
+    assert port_free(port)
+
+
+def test_up_restart_keeps_everything(tmp_path):
+    data_dir, port = tmp_path / "data", free_port()
+    proc = start_up(data_dir, port, tmp_path / "up1.log")
+    try:
+        token = (data_dir / "admin_token").read_text().strip()
+        assert token in proc.tail(100_000)
+        api = ApiClient(f"http://127.0.0.1:{port}", token)
+        # the demo model is there on first start, and deploys at once
+        models = api.get("/v1/models").json()["models"]
+        assert [m["name"] for m in models] == ["demo-detector"]
+        running = api.post("/v1/services", json={"model": "demo-detector", "version": 1,
+                                                 "flavor": "cpu"}).json()
+        stopped = api.post("/v1/services", json={"model": "demo-detector", "version": 1,
+                                                 "flavor": "cpu", "name": "to-stop"}).json()
+        api.wait_status(running["id"], "Running")
+        api.wait_status(stopped["id"], "Running")
+        api.post(f"/v1/services/{stopped['id']}/stop")
+        image = blobs_image([("green", 100, 100, 150, 150)])
+        first = requests.post(f"{api.base}/v1/services/{running['id']}/predict",
+                              files={"images": ("a.png", image)},
+                              headers={"X-Service-Key": running["key"]}, timeout=30)
+        assert first.status_code == 200 and set(first.json()["detection_classes"]) == {"green"}
+        stop_at = api.service(running["id"])["auto_stop"]["stop_at"]
+        # a child that dies is restarted, and the restart is logged
+        worker_pid = next(int(line.split(":")[0]) for line in leftovers(data_dir)
+                          if "detserve_worker_cpu" in line)
+        os.killpg(os.getpgid(worker_pid), signal.SIGKILL)
+        wait_for(lambda: "worker-cpu exited" in proc.tail(100_000), 30, what="restart logged")
+    finally:
+        stop(proc, data_dir, port)
+
+    proc = start_up(data_dir, port, tmp_path / "up2.log")
+    try:
+        assert [m["name"] for m in api.get("/v1/models").json()["models"]] == ["demo-detector"]
+        assert api.service(stopped["id"])["status"] == "Stopped"
+        back = api.wait_status(running["id"], "Running")
+        assert back["auto_stop"]["stop_at"] == stop_at  # the countdown was not reset
+        again = requests.post(f"{api.base}/v1/services/{running['id']}/predict",
+                              files={"images": ("a.png", image)},
+                              headers={"X-Service-Key": running["key"]}, timeout=30)
+        assert again.status_code == 200 and again.json() | {"inference_ms": 0} == first.json() | {"inference_ms": 0}
+        reasons = [e["reason"] for e in api.get(f"/v1/services/{running['id']}/events").json()["events"]]
+        assert reasons[-2:] == ["restart", "deployed"]
+    finally:
+        stop(proc, data_dir, port)

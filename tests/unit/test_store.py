@@ -1,0 +1,139 @@
+"""The store and the one status transition, on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from detserve import status
+from detserve.errors import StaleTransition
+from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
+
+PG_URL = os.environ.get("DETSERVE_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+        s.migrate()
+        yield s
+        s.dispose()
+        return
+    if not PG_URL:
+        pytest.skip("set DETSERVE_TEST_POSTGRES_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) "
+                    "to run the store suite on PostgreSQL; .ci/run does")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    s = Store(f"{PG_URL}{sep}options=-csearch_path%3D{schema}")
+    s.migrate()
+    yield s
+    s.dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def add_service(store: Store, state: str = status.DEPLOYING) -> str:
+    now = utcnow()
+    with store.session() as session:
+        version = ModelVersion(model=uuid.uuid4().hex, version=1, status="Successful",
+                               sha256="0" * 64, size_bytes=1, labels=["a"], input={}, output={},
+                               created_at=now)
+        session.add(version)
+        session.flush()
+        sid = uuid.uuid4().hex
+        session.add(Service(id=sid, name="s", version_id=version.id, model="m", version=version.version,
+                            flavor="cpu", compute_nodes=1, status=state, auto_stop_enabled=True,
+                            auto_stop_hours=1, key_hash="k", running_seconds=0.0, created_at=now,
+                            updated_at=now))
+    return sid
+
+
+def test_migrate_is_idempotent(store):
+    store.migrate()
+    assert store.ping()
+
+
+def test_transition_writes_one_event(store):
+    sid = add_service(store)
+    assert status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="deployed") == status.DEPLOYING
+    with store.session(readonly=True) as session:
+        events = session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all()
+        service = session.get(Service, sid)
+    assert [(e.from_status, e.to_status, e.reason) for e in events] == [("Deploying", "Running", "deployed")]
+    assert service.status == status.RUNNING and service.running_since is not None
+    assert service.updated_at.tzinfo is not None
+
+
+def test_wrong_expected_state_changes_nothing(store):
+    sid = add_service(store, status.STOPPED)
+    with pytest.raises(StaleTransition, match="is Stopped"):
+        status.transition(store, sid, status.RUNNING, status.STOPPING, reason="user")
+    with pytest.raises(StaleTransition, match="missing"):
+        status.transition(store, "nope", status.RUNNING, status.STOPPING, reason="user")
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).status == status.STOPPED
+        assert session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all() == []
+
+
+def test_running_time_accrues_only_while_running(store):
+    sid = add_service(store, status.RUNNING)
+    with store.session() as session:
+        session.get(Service, sid).running_since = utcnow() - timedelta(seconds=30)
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="user")
+    with store.session(readonly=True) as session:
+        service = session.get(Service, sid)
+    assert 29.0 < service.running_seconds < 40.0 and service.running_since is None
+
+
+def test_billing_stops_at_the_auto_stop_time(store):
+    sid = add_service(store, status.RUNNING)
+    start = utcnow() - timedelta(seconds=100)
+    with store.session() as session:
+        session.get(Service, sid).running_since = start
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="auto_stop",
+                      billing_until=start + timedelta(seconds=60))
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).running_seconds == pytest.approx(60.0, abs=0.01)
+
+
+@pytest.mark.parametrize("racers", [2, 8])
+def test_exactly_one_of_racing_transitions_wins(store, racers):
+    # given a Deploying service and several threads that all try to move it
+    sid = add_service(store)
+    barrier = threading.Barrier(racers)
+    wins, losses, crashes = [], [], []
+
+    def race(target: str) -> None:
+        barrier.wait()
+        try:
+            status.transition(store, sid, status.DEPLOYING, target, reason=target.lower())
+            wins.append(target)
+        except StaleTransition:
+            losses.append(target)
+        except Exception as exc:  # a lock error would be a bug
+            crashes.append(exc)
+
+    # when they race
+    threads = [threading.Thread(target=race, args=([status.RUNNING, status.STOPPING][i % 2],))
+               for i in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # then exactly one wins and exactly one event is written
+    assert crashes == [] and len(wins) == 1 and len(losses) == racers - 1
+    with store.session(readonly=True) as session:
+        events = session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all()
+        assert session.get(Service, sid).status == wins[0]
+    assert len(events) == 1 and events[0].to_status == wins[0]
