@@ -44,7 +44,7 @@ def wait_status(client: FlaskClient, service_id: str, status: str, timeout: floa
             raise AssertionError(f"service failed: {seen['error']}")
         return seen["status"] == status
 
-    wait_for(reached, timeout, 0.1, what=f"{service_id} to be {status} (last: {seen.get('status')})")
+    wait_for(reached, timeout, 0.1, what=lambda: f"{service_id} to be {status} (last: {seen.get('status')})")
     return seen
 
 

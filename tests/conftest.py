@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,12 +45,35 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc.stop()
 
 
-_next_db = iter(range(int(os.environ.get("DETSERVE_TEST_REDIS_DB", "8")), 16))
+_OWNER = uuid.uuid4().hex
+
+
+def claim_redis_db(redis_base: str) -> int:
+    """A Redis database no other test run is using (claims live in db 0 and expire)."""
+    claims = redis.Redis.from_url(f"{redis_base}/0")
+    for db in range(1, 16):
+        if claims.set(f"detserve:test-db:{db}", _OWNER, nx=True, ex=3 * 3600):
+            return db
+    raise RuntimeError("all 15 Redis databases are claimed by other test runs")
+
+
+def release_redis_dbs(redis_base: str) -> None:
+    claims = redis.Redis.from_url(f"{redis_base}/0")
+    for db in range(1, 16):
+        key = f"detserve:test-db:{db}"
+        if claims.get(key) == _OWNER.encode():
+            claims.delete(key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_claims(redis_base: str) -> Iterator[None]:
+    yield
+    release_redis_dbs(redis_base)
 
 
 def make_settings(tmp: Path, redis_base: str, **overrides: Any) -> Settings:
     """Settings for one isolated stack: its own data dir, SQLite file and Redis database."""
-    url = f"{redis_base}/{next(_next_db)}"
+    url = f"{redis_base}/{claim_redis_db(redis_base)}"
     redis.Redis.from_url(url).flushdb()
     base = Settings(data_dir=tmp, redis_url=url, admin_token=ADMIN, heartbeat_seconds=1.0,
                     sweep_seconds=1.0, predict_timeout=20.0, worker_concurrency=1)

@@ -26,14 +26,15 @@ ADMIN = "test-admin-token"
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-             what: str = "condition") -> object:
+             what: str | Callable[[], str] = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                         f"{what() if callable(what) else what}")
 
 
 def free_port() -> int:
@@ -69,11 +70,14 @@ class Proc:
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)  # the group: also children that outlive the leader
+        except ProcessLookupError:
+            pass
+        if sig == signal.SIGKILL:
+            self.proc.wait()
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc is None:

@@ -33,5 +33,5 @@ class ApiClient:
             last.update(self.service(service_id))
             return last["status"] == status
 
-        wait_for(reached, timeout, 0.2, what=f"{service_id} {status} (last {last.get('status')})")
+        wait_for(reached, timeout, 0.2, what=lambda: f"{service_id} {status} (last {last.get('status')})")
         return last

@@ -18,7 +18,7 @@ from support import Proc, blobs_image, child_env, detserve_cmd, free_port, wait_
 pytestmark = pytest.mark.slow
 
 
-def start_up(data_dir: Path, port: int, log: Path) -> Proc:
+def start_up(data_dir: Path, port: int, log: Path, **env_extra: str) -> Proc:
     from detserve.config import Settings
 
     env = child_env(Settings(data_dir=data_dir).resolved())
@@ -26,6 +26,7 @@ def start_up(data_dir: Path, port: int, log: Path) -> Proc:
                  "DETSERVE_API_URL"):
         env.pop(name, None)  # the embedded default: its own Redis, SQLite
     env["DETSERVE_HEARTBEAT_SECONDS"] = "1"
+    env.update(env_extra)
     proc = Proc("up", detserve_cmd("up", "--data-dir", str(data_dir), "--port", str(port)), env, log)
     proc.start()
     wait_for(lambda: _up_or_dead(proc), 120, 0.2, what="detserve up to print its address")
@@ -112,5 +113,30 @@ def test_up_restart_keeps_everything(tmp_path):
         assert again.status_code == 200 and again.json() | {"inference_ms": 0} == first.json() | {"inference_ms": 0}
         reasons = [e["reason"] for e in api.get(f"/v1/services/{running['id']}/events").json()["events"]]
         assert reasons[-2:] == ["restart", "deployed"]
+    finally:
+        stop(proc, data_dir, port)
+
+
+def test_auto_stop_survives_a_scheduler_killed_by_sigkill(tmp_path):
+    # given detserve up with an hour of 4 s and a sweep every second
+    data_dir, port = tmp_path / "data", free_port()
+    proc = start_up(data_dir, port, tmp_path / "up.log", DETSERVE_AUTOSTOP_HOUR_SECONDS="4",
+                    DETSERVE_SWEEP_SECONDS="1")
+    try:
+        api = ApiClient(f"http://127.0.0.1:{port}", (data_dir / "admin_token").read_text().strip())
+        svc = api.post("/v1/services", json={"model": "demo-detector", "version": 1, "flavor": "cpu",
+                                             "auto_stop": {"enabled": True, "hours": 1}}).json()
+        running = api.wait_status(svc["id"], "Running")
+        # when the scheduler is killed (holding the countdown) before stop_at
+        scheduler = next(int(line.split(":")[0]) for line in leftovers(data_dir)
+                         if "detserve_scheduler" in line)
+        os.killpg(os.getpgid(scheduler), signal.SIGKILL)
+        wait_for(lambda: "scheduler exited" in proc.tail(100_000), 20, what="scheduler restart")
+        # then detserve up restarts it and the service still stops, by auto stop
+        stopped = api.wait_status(svc["id"], "Stopped", timeout=30)
+        events = api.get(f"/v1/services/{svc['id']}/events").json()["events"]
+        assert [e["reason"] for e in events[-2:]] == ["auto_stop", "auto_stop"]
+        assert stopped["running_seconds"] == pytest.approx(4.0, abs=0.1)
+        assert running["auto_stop"]["stop_at"]
     finally:
         stop(proc, data_dir, port)
