@@ -77,8 +77,10 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         if getattr(args, "check", False):
             raise SystemExit(0)
         concurrency = args.concurrency or settings.worker_concurrency
+        # Threads, not prefork: one process holds each model once, a deploy's warm load serves
+        # every request after it, and ONNX Runtime/TensorRT/PIL release the GIL while they work.
         return [py, "-m", "celery", "-A", f"detserve_worker_{args.flavor}", "worker",
-                "-Q", args.flavor, "-n", f"{args.flavor}@%h", "-c", str(concurrency),
+                "-Q", args.flavor, "-n", f"{args.flavor}@%h", "-P", "threads", "-c", str(concurrency),
                 "--without-gossip", "--without-mingle", "-l", "INFO"]
     if args.command == "scheduler":
         return [py, "-m", "celery", "-A", "detserve_scheduler", "worker", "-B", "-Q", "scheduler",

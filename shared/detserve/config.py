@@ -32,7 +32,7 @@ class Settings:
     max_image_pixels: int = 50_000_000
     predict_timeout: float = 30.0
     result_ttl: int = 3600
-    worker_concurrency: int = 2
+    worker_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
     ort_threads: int = 1
     model_cache_size: int = 8
     prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES))
@@ -85,14 +85,14 @@ class Settings:
 
 
 def _coerce(name: str, raw: str) -> Any:
-    default = {f.name: f for f in fields(Settings)}[name].default
-    if isinstance(default, Path):
+    kind = {f.name: f.type for f in fields(Settings)}[name]  # annotations are strings here
+    if kind == "Path":
         return Path(raw)
-    if isinstance(default, bool):
+    if kind == "bool":
         return raw.lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
+    if kind == "int":
         return int(raw)
-    if isinstance(default, float):
+    if kind == "float":
         return float(raw)
     return raw
 

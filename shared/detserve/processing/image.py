@@ -44,20 +44,12 @@ def decode(
         InvalidImage: not JPEG/PNG/BMP by content, empty, truncated or damaged.
         ImageTooLarge: over the byte limit or the pixel limit (checked before decoding).
     """
-    check_bytes(data, max_bytes=max_bytes)
-    fmt = sniff(data)
-    if fmt is None:
-        raise InvalidImage(f"the upload is not a {ACCEPTED} image (judged by its content)")
+    fmt, _, _ = inspect(data, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image has {width}x{height} = {width * height} pixels; "
-                    f"the limit is {max_pixels}"
-                )
             orientation = img.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
             if orientation in _TRANSPOSED:
                 width, height = height, width
@@ -69,11 +61,36 @@ def decode(
             rgb = _to_rgb(img)
     except (ImageTooLarge, InvalidImage):
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {fmt} image is damaged or truncated ({exc}); send a whole "
                            f"{ACCEPTED} file") from exc
     pixels = np.asarray(rgb)
     return DecodedImage(pixels=pixels, width=width, height=height, scale=width / pixels.shape[1])
+
+
+def inspect(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, int, int]:
+    """Format and size from the header alone (cheap: for the API, before anything is queued).
+
+    Raises:
+        InvalidImage / ImageTooLarge: as decode() would, except for damage past the header.
+    """
+    check_bytes(data, max_bytes=max_bytes)
+    fmt = sniff(data)
+    if fmt is None:
+        raise InvalidImage(f"the upload is not a {ACCEPTED} image (judged by its content)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"the image has too many pixels ({exc}); the limit is {max_pixels}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(f"the {fmt} image is damaged ({exc}); send a whole {ACCEPTED} file") from exc
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"the image has {width}x{height} = {width * height} pixels; "
+                            f"the limit is {max_pixels}")
+    return fmt, width, height
 
 
 def check_bytes(data: bytes, *, max_bytes: int) -> None:

@@ -13,8 +13,8 @@ from flask_smorest import Blueprint
 
 from detserve import monitoring
 from detserve import tasknames as names
-from detserve.errors import DetserveError, InvalidImage, PredictionTimeout, ServiceNotRunning
-from detserve.processing.image import ACCEPTED, check_bytes, sniff
+from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
+from detserve.processing.image import inspect
 from detserve.status import RUNNING
 from detserve.store import Service
 from detserve_api import context
@@ -36,10 +36,8 @@ def _send(service: Service, files: dict[str, Any]) -> AsyncResult:
                                 "for Running before predicting")
     upload = files.get("images")
     data = upload.read() if upload else b""
-    check_bytes(data, max_bytes=context.settings().max_image_bytes)
-    if sniff(data) is None:
-        name = getattr(upload, "filename", "") or "the upload"
-        raise InvalidImage(f"{name} is not a {ACCEPTED} image (judged by its content)")
+    settings = context.settings()
+    inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     return context.celery().send_task(
         names.PREDICT, args=[service.version_id, data], queue=service.flavor, serializer="msgpack"
     )

@@ -1,0 +1,83 @@
+"""Known-output models of each layout decode to the expected boxes, through HTTP and a worker."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+from api_helpers import AUTH, predict, running_service, upload
+from support import constant_model, image_bytes, yolo_v8_output
+
+
+def _service(client, name, model, config=None):
+    resp = upload(client, name, model, config=json.dumps(config) if config else None)
+    assert resp.status_code == 201, resp.json
+    created = client.post("/v1/services", json={"model": name, "version": resp.json["version"],
+                                                "flavor": "cpu"}, headers=AUTH)
+    assert created.status_code == 202, created.json
+    from api_helpers import wait_status
+
+    wait_status(client, created.json["id"], "Running")
+    return resp.json, created.json
+
+
+def test_yolo_v8_layout_with_nms_and_letterbox(client):
+    # given a 64x64 model: box A (cls 0, .9), a weaker duplicate of A (suppressed), the same box as
+    # class 1 (kept: NMS is per class), and one under the threshold
+    out = yolo_v8_output([(32, 32, 20, 20), (33, 32, 20, 20), (32, 32, 20, 20), (10, 10, 4, 4)],
+                         [0, 0, 1, 0], [0.9, 0.8, 0.6, 0.1], nc=2)
+    meta = {"names": "{0: 'cat', 1: 'dog'}", "imgsz": "[64, 64]"}
+    version, svc = _service(client, "v8", constant_model(out, meta=meta))
+    assert version["labels"] == ["cat", "dog"] and version["output"]["layout"] == "v8"
+    # when a 128x96 image is sent (letterbox gain 0.5, 8 px of vertical padding)
+    resp = predict(client, svc["id"], image_bytes(128, 96))
+    # then boxes come back in image pixels, by score
+    assert resp.status_code == 200, resp.json
+    body = resp.json
+    assert body["detection_classes"] == ["cat", "dog"]
+    assert body["detection_scores"] == pytest.approx([0.9, 0.6])
+    assert np.allclose(body["detection_boxes"], [[28, 44, 68, 84], [28, 44, 68, 84]], atol=0.01)
+
+
+def test_yolo_v5_layout_with_objectness(client):
+    out = np.zeros((1, 20, 7), dtype=np.float32)
+    out[0, 0] = [16, 16, 8, 8, 0.9, 0.1, 0.8]  # score 0.72, class 1
+    out[0, 1] = [40, 40, 16, 8, 0.5, 0.9, 0.1]  # score 0.45, class 0
+    out[0, 2] = [40, 40, 16, 8, 0.2, 0.9, 0.1]  # objectness below threshold
+    _, svc = _service(client, "v5", constant_model(out), {"labels": ["a", "b"]})
+    body = predict(client, svc["id"], image_bytes(64, 64)).json
+    assert body["detection_classes"] == ["b", "a"]
+    assert body["detection_scores"] == pytest.approx([0.72, 0.45], abs=1e-5)
+    assert np.allclose(body["detection_boxes"], [[12, 12, 20, 20], [36, 32, 44, 48]], atol=0.01)
+
+
+def test_tfod_boxes_layout_uint8_nhwc_stretch(client):
+    boxes = np.zeros((1, 5, 4), dtype=np.float32)
+    boxes[0, 0] = [0.1, 0.2, 0.5, 0.6]
+    boxes[0, 1] = [0.0, 0.0, 1.0, 1.0]
+    scores = np.asarray([[0.95, 0.3, 0.9, 0.0, 0.0]], dtype=np.float32)
+    classes = np.asarray([[2, 1, 1, 0, 0]], dtype=np.float32)
+    model = constant_model(boxes, out_name="detection_boxes", input_dtype=TensorProto.UINT8,
+                           layout="NHWC", extra_outputs={"detection_scores": scores,
+                                                          "detection_classes": classes,
+                                                          "num_detections": np.asarray([2.0])})
+    config = {"labels": ["background", "person", "car"], "input": {"resize": "stretch"},
+              "output": {"decoder": "boxes"}}
+    version, svc = _service(client, "tfod", model, config)
+    assert version["input"]["layout"] == "NHWC" and version["input"]["dtype"] == "uint8"
+    body = predict(client, svc["id"], image_bytes(200, 100)).json
+    # num_detections = 2 hides the third row even though its score is high
+    assert body["detection_classes"] == ["car", "person"]
+    assert np.allclose(body["detection_boxes"], [[10, 40, 50, 120], [0, 0, 100, 200]], atol=0.01)
+
+
+def test_end_to_end_n6_layout(client):
+    out = np.asarray([[[4, 8, 20, 30, 0.7, 1], [0, 0, 64, 64, 0.2, 0]]], dtype=np.float32)
+    _, svc = _service(client, "e2e", constant_model(out), {"labels": ["x", "y"],
+                                                           "output": {"decoder": "boxes"}})
+    body = predict(client, svc["id"], image_bytes(64, 64)).json
+    assert body == {**body, "detection_classes": ["y"], "detection_scores": pytest.approx([0.7])}
+    assert np.allclose(body["detection_boxes"], [[8, 4, 30, 20]])

@@ -1,0 +1,116 @@
+"""Sync and async prediction through HTTP and a real worker: results, bad inputs, EXIF."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from api_helpers import AUTH, predict, running_service
+from conftest import as_config
+from detserve.demo import build_blob_detector
+from support import blobs_image, image_bytes, wait_for
+
+
+@pytest.fixture(scope="module")
+def service(stack):
+    return running_service(stack.app.test_client(), "predictions", build_blob_detector().SerializeToString())
+
+
+def _other(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+GOOD = blobs_image([("red", 40, 40, 90, 90)])
+
+
+@pytest.mark.parametrize("data,filename", [
+    (b"", "empty.png"), (b"just text", "notes.jpg"), (_other("GIF"), "anim.gif"),
+    (_other("GIF"), "disguised.png"), (_other("TIFF"), "scan.tiff"), (_other("WEBP"), "photo.webp"),
+    (b"<svg/>", "icon.svg"), (b"%PDF-1.7", "doc.pdf"),
+    (image_bytes(640, 480, fmt="JPEG")[:700], "truncated.jpg"),
+])
+def test_bad_images_get_invalid_image_and_the_service_carries_on(client, service, data, filename):
+    resp = predict(client, service["id"], data, filename=filename)
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    err = resp.json["error"]
+    assert err["code"] == "invalid_image"
+    assert "JPG, JPEG, BMP or PNG" in err["message"] or "no image" in err["message"]
+    ok = predict(client, service["id"], GOOD)
+    assert ok.status_code == 200 and set(ok.json["detection_classes"]) == {"red"}
+
+
+def test_no_file_at_all(client, service):
+    resp = client.post(f"/v1/services/{service['id']}/predict", headers=AUTH,
+                       data={}, content_type="multipart/form-data")
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "invalid_image"
+
+
+def test_limits_give_413(stack, service):
+    from detserve_api import create_app
+
+    strict = create_app({**as_config(stack.settings), "max_image_bytes": 5000,
+                         "max_image_pixels": 10_000}, store=stack.store).test_client()
+    big_bytes = predict(strict, service["id"], image_bytes(400, 400, fmt="BMP"))
+    assert big_bytes.status_code == 413 and "bytes" in big_bytes.json["error"]["message"]
+    many_pixels = predict(strict, service["id"], image_bytes(200, 200))
+    assert many_pixels.status_code == 413 and "pixels" in many_pixels.json["error"]["message"]
+
+
+def test_boxes_follow_exif_orientation(client, service):
+    # the person sees a 300x200 picture with a blue square at x 200..260, y 20..80;
+    # the file stores it rotated, with EXIF orientation 6
+    display = Image.open(io.BytesIO(blobs_image([("blue", 200, 20, 260, 80)], 300, 200)))
+    stored = display.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif)
+    body = predict(client, service["id"], buf.getvalue(), filename="phone.jpg").json
+    assert set(body["detection_classes"]) == {"blue"}
+    y0, x0, y1, x1 = body["detection_boxes"][0]
+    assert 200 <= (x0 + x1) / 2 <= 260 and 20 <= (y0 + y1) / 2 <= 80
+    assert all(0 <= v <= 300 for v in (x0, x1)) and all(0 <= v <= 200 for v in (y0, y1))
+
+
+def test_async_flow_end_to_end(client, service):
+    headers = {"X-Service-Key": service["key"]}
+    sub = predict(client, service["id"], GOOD, headers=headers, route="predictions")
+    assert sub.status_code == 202
+    task = sub.json["task_id"]
+    body = wait_for(lambda: (r := client.get(f"/v1/predictions/{task}", headers=headers).json)
+                    ["status"] == "SUCCESS" and r, 30, what="async result")
+    sync = predict(client, service["id"], GOOD, headers=headers).json
+    assert body["error"] is None
+    assert body["result"]["detection_boxes"] == sync["detection_boxes"]
+    assert body["result"]["detection_classes"] == sync["detection_classes"]
+
+
+def test_async_failure_is_reported(client, service):
+    bad = image_bytes(640, 480, fmt="JPEG")[:700]
+    sub = predict(client, service["id"], bad, route="predictions")
+    assert sub.status_code == 202
+    task = sub.json["task_id"]
+    body = wait_for(lambda: (r := client.get(f"/v1/predictions/{task}", headers=AUTH).json)
+                    ["status"] == "FAILURE" and r, 30, what="async failure")
+    assert body["result"] is None and "damaged" in body["error"]
+
+
+def test_async_bad_input_is_refused_up_front(client, service):
+    resp = predict(client, service["id"], b"text", route="predictions")
+    assert resp.status_code == 400 and resp.json["error"]["code"] == "invalid_image"
+
+
+def test_monitoring_counts_requests(client, service):
+    before = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
+    predict(client, service["id"], GOOD)
+    predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700])
+    after = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
+    assert after["requests"] == before["requests"] + 2
+    assert after["failures"] == before["failures"] + 1
+    assert after["latency_ms"]["p50"] > 0 and len(after["series"]) == 60
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert f'detserve_requests_total{{service="{service["id"]}"}}' in metrics

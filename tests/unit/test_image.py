@@ -1,0 +1,105 @@
+"""Decoding uploads: formats judged by content, EXIF orientation, modes, limits."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detserve.errors import ImageTooLarge, InvalidImage
+from detserve.processing.image import decode, inspect
+from support import image_bytes
+
+LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
+
+
+def display_and_stored(orientation: int) -> tuple[np.ndarray, bytes]:
+    """A display image with a red square top-left, stored rotated with that EXIF orientation."""
+    display = np.full((120, 200, 3), 60, dtype=np.uint8)
+    display[10:40, 20:60] = (240, 10, 10)
+    img = Image.fromarray(display)
+    inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+               8: Image.Transpose.ROTATE_270}[orientation]
+    stored = img.transpose(inverse)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif)
+    return display, buf.getvalue()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation):
+    display, data = display_and_stored(orientation)
+    decoded = decode(data, **LIMITS)
+    assert (decoded.width, decoded.height) == (200, 120)
+    assert decoded.pixels.shape == (120, 200, 3)
+    red = decoded.pixels[..., 0] > 180
+    ys, xs = np.nonzero(red)
+    assert (ys.min(), xs.min()) == pytest.approx((10, 20), abs=2)
+
+
+@pytest.mark.parametrize("mode,fmt,extra", [
+    ("L", "PNG", {}), ("P", "PNG", {}), ("RGBA", "PNG", {}), ("I;16", "PNG", {}), ("1", "BMP", {}),
+    ("L", "JPEG", {}), ("RGB", "BMP", {}), ("CMYK", "JPEG", {}),
+])
+def test_modes_are_converted_to_rgb(mode, fmt, extra):
+    img = Image.new(mode, (40, 30))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **extra)
+    decoded = decode(buf.getvalue(), **LIMITS)
+    assert decoded.pixels.shape == (30, 40, 3) and decoded.pixels.dtype == np.uint8
+
+
+def test_sixteen_bit_keeps_its_contrast():
+    arr = np.zeros((10, 10), dtype=np.uint16)
+    arr[:, 5:] = 65535
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    px = decode(buf.getvalue(), **LIMITS).pixels
+    assert px[0, 0, 0] == 0 and px[0, 9, 0] == 255
+
+
+def _other(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"hello, I am text", _other("GIF"), _other("TIFF"), _other("WEBP"),
+    b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", b"%PDF-1.4\n%...",
+    image_bytes(fmt="JPEG")[:200], image_bytes(fmt="PNG")[:60], b"\xff\xd8\xff" + b"\0" * 50,
+    b"BM" + b"\0" * 10,
+], ids=["empty", "text", "gif", "tiff", "webp", "svg", "pdf", "truncated-jpeg", "truncated-png",
+        "jpeg-magic-only", "bmp-magic-only"])
+def test_bad_images_are_refused_naming_the_formats(data):
+    with pytest.raises(InvalidImage) as exc:
+        decode(data, **LIMITS)
+    assert "JPG, JPEG, BMP or PNG" in exc.value.message or "no image" in exc.value.message
+
+
+def test_byte_limit():
+    with pytest.raises(ImageTooLarge, match="bytes"):
+        inspect(image_bytes(), max_bytes=100, max_pixels=10**9)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    # a 20000x20000 PNG of one colour is small on disk and 400 MP decoded: a bomb
+    buf = io.BytesIO()
+    Image.new("L", (20000, 20000)).save(buf, format="PNG", optimize=True)
+    data = buf.getvalue()
+    assert len(data) < 2_000_000
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        inspect(data, **LIMITS)
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        decode(data, **LIMITS)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_with_true_geometry():
+    big = image_bytes(4000, 3000, fmt="JPEG")
+    decoded = decode(big, **LIMITS, target=320)
+    assert (decoded.width, decoded.height) == (4000, 3000)
+    assert decoded.pixels.shape[1] < 4000 and decoded.scale == pytest.approx(4000 / decoded.pixels.shape[1])
