@@ -72,12 +72,16 @@ def _check_service_access() -> None:
         return
     digest = hash_key(key)
     with context.runtime().store.session(readonly=True) as session:
-        owner = session.scalar(select(Service).where(Service.key_hash == digest))
+        service = session.get(Service, service_id)  # one query on the hot path
+        if service is not None and hmac.compare_digest(service.key_hash, digest):
+            g.service = service
+            return
+        owner = session.scalar(select(Service.id).where(Service.key_hash == digest))
     if owner is None:
         raise Unauthorized("the service key is not valid (it may have been rotated)")
-    if owner.id != service_id:
-        raise Forbidden("this key belongs to another service")
-    g.service = owner
+    if service is None:
+        raise NotFound(f"no service {service_id!r}")
+    raise Forbidden("this key belongs to another service")
 
 
 def _require_some_credentials() -> None:

@@ -1,0 +1,194 @@
+"""`make bench`: the sync route under wrk vs. the same pipeline in-process (the ceiling).
+
+Runs a real `detserve up` (embedded Redis, SQLite, gunicorn API, Celery CPU worker), deploys the
+demo detector and a YOLOv8n-sized model, then for concurrency 1, 4 and 16 measures:
+  route    wrk (C, one thread) POSTing the bench image to /v1/services/{id}/predict
+  ceiling  detserve's Detector called in this process with the workers' layout: a pool of
+           `worker_concurrency` threads, ONNX Runtime with `ort_threads` intra-op threads each
+Each figure is the median of --reps runs; the ratio is route images/s over ceiling images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "shared"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+from detserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from detserve.config import Settings  # noqa: E402
+from detserve.demo import demo_model_bytes  # noqa: E402
+from detserve.inference import Detector, Limits  # noqa: E402
+from detserve.packages import read_package  # noqa: E402
+from detserve.supervisor import free_port  # noqa: E402
+
+CACHE = ROOT / ".bench-cache"
+BOUNDARY = "----detservebench"
+
+
+def start_detserve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETSERVE_")}
+    log = open(data_dir.parent / "up.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "detserve.cli", "up", "--data-dir", str(data_dir),
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if "detserve is up." in (data_dir.parent / "up.log").read_text(errors="replace"):
+            return proc
+        if proc.poll() is not None:
+            raise SystemExit((data_dir.parent / "up.log").read_text())
+        time.sleep(0.3)
+    raise SystemExit("detserve up did not start")
+
+
+def deploy(base: str, token: str, name: str, model: bytes) -> tuple[str, str]:
+    auth = {"Authorization": f"Bearer {token}"}
+    resp = requests.post(f"{base}/v1/models/{name}/versions", headers=auth,
+                         files={"model": ("model.onnx", model)}, timeout=300)
+    resp.raise_for_status()
+    svc = requests.post(f"{base}/v1/services", headers=auth, timeout=30, json={
+        "model": name, "version": resp.json()["version"], "flavor": "cpu",
+        "auto_stop": {"enabled": False, "hours": 1}}).json()
+    while (status := requests.get(f"{base}/v1/services/{svc['id']}", headers=auth, timeout=30)
+           .json()["status"]) != "Running":
+        if status == "Failed":
+            raise SystemExit(f"{name} failed to deploy")
+        time.sleep(0.3)
+    return svc["id"], svc["key"]
+
+
+def wrk_script(path: Path, image: Path, key: str) -> None:
+    path.write_text(f"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
+wrk.headers["X-Service-Key"] = "{key}"
+local f = io.open("{image}", "rb"); local data = f:read("*all"); f:close()
+wrk.body = "--{BOUNDARY}\\r\\nContent-Disposition: form-data; name=\\"images\\"; filename=\\"bench.jpg\\"\\r\\n" ..
+  "Content-Type: image/jpeg\\r\\n\\r\\n" .. data .. "\\r\\n--{BOUNDARY}--\\r\\n"
+""")
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency",
+                          "--timeout", "30s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw failed requests:\n{out}")
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    return {"images_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+            "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"])}
+
+
+def run_ceiling(detector: Detector, image: bytes, concurrency: int, seconds: float,
+                workers: int) -> dict[str, float]:
+    """Clients submit to a pool shaped like the worker (threads x ORT threads), as the route does."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+    with cf.ThreadPoolExecutor(workers) as pool:
+        def client() -> None:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                pool.submit(detector.infer, image).result()
+                with lock:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"images_s": len(latencies) / elapsed, "p50_ms": latencies[len(latencies) // 2],
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--concurrency", default="1,4,16")
+    args = parser.parse_args()
+    from yolov8n import bench_image, build
+
+    CACHE.mkdir(exist_ok=True)
+    image = bench_image()
+    image_path = CACHE / "bench.jpg"
+    image_path.write_bytes(image)
+    models = {"demo-detector": demo_model_bytes(), "yolov8n-sized": build(CACHE, image).read_bytes()}
+    settings = Settings.from_env(environ={})
+    results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir, port = Path(tmp) / "data", free_port()
+        proc = start_detserve(data_dir, port)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            token = (data_dir / "admin_token").read_text().strip()
+            for name, model in models.items():
+                service_id, key = deploy(base, token, f"bench-{name}", model)
+                script = Path(tmp) / f"{name}.lua"
+                wrk_script(script, image_path, key)
+                url = f"{base}/v1/services/{service_id}/predict"
+                package = read_package(model, None, max_bytes=1 << 30)
+                spec = {"input": package.input, "output": package.output}
+                detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec,
+                                                                    threads=settings.ort_threads),
+                                    {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
+                detector.infer(image)
+                run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
+                results[name] = {}
+                for c in (int(v) for v in args.concurrency.split(",")):
+                    route, ceiling = [], []
+                    for _ in range(args.reps):
+                        route.append(run_wrk(url, script, c, args.seconds))
+                        ceiling.append(run_ceiling(detector, image, c, args.seconds,
+                                                   settings.worker_concurrency))
+                    results[name][c] = {"route": median_of(route), "ceiling": median_of(ceiling)}
+                    report(name, c, results[name][c])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{platform.processor() or platform.platform()}", "worker_concurrency": settings.worker_concurrency,
+            "ort_threads": settings.ort_threads, "seconds": args.seconds, "reps": args.reps}
+    (CACHE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(json.dumps(meta))
+
+
+def report(name: str, c: int, r: dict[str, dict[str, float]]) -> None:
+    route, ceil = r["route"], r["ceiling"]
+    print(f"{name:14} c={c:<3} route {route['images_s']:7.1f} img/s p50 {route['p50_ms']:7.1f} ms "
+          f"p99 {route['p99_ms']:7.1f} ms | ceiling {ceil['images_s']:7.1f} img/s p50 "
+          f"{ceil['p50_ms']:7.1f} ms p99 {ceil['p99_ms']:7.1f} ms | ratio "
+          f"{route['images_s'] / ceil['images_s']:.3f}  p50 +{route['p50_ms'] - ceil['p50_ms']:.1f} ms",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
