@@ -202,3 +202,27 @@ def redis_alive(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
+
+
+def dynamic_batch_model(nc: int = 3, anchors: int = 4) -> bytes:
+    """A yolo-v8-layout model with a dynamic batch: [N,3,64,64] -> [N, 4+nc, anchors]; each
+    image's class scores are its mean colour per 32x32 quadrant, so outputs differ per image."""
+    boxes = np.zeros((1, 4, anchors), dtype=np.float32)
+    for i in range(anchors):
+        boxes[0, :, i] = [16 + 32 * (i % 2), 16 + 32 * (i // 2), 30, 30]
+    nodes = [
+        helper.make_node("AveragePool", ["images"], ["pooled"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Reshape", ["pooled", "shape"], ["scores"]),
+        helper.make_node("ReduceSum", ["scores", "axes"], ["total"], keepdims=1),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("Add", ["boxes", "nothing"], ["batched_boxes"]),
+        helper.make_node("Concat", ["batched_boxes", "scores"], ["output0"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "dynamic", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 4 + nc, anchors])],
+        initializer=[numpy_helper.from_array(np.asarray([0, nc, anchors], dtype=np.int64), "shape"),
+                     numpy_helper.from_array(np.asarray([1, 2], dtype=np.int64), "axes"),
+                     numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+                     numpy_helper.from_array(boxes, "boxes")])
+    return _finish(graph, {"names": str({i: f"c{i}" for i in range(nc)}), "imgsz": "[64, 64]"})

@@ -69,5 +69,24 @@ class ArtifactStore:
             raise ModelLoadError(f"artifact {sha256} fetched from {url} hashes differently")
         return resp.content
 
+    def derived_path(self, kind: str, key: str) -> Path:
+        """Where a derived artifact (e.g. a TensorRT engine built from an ONNX file) lives."""
+        if not key.isalnum() or not kind.isalnum():
+            raise ValueError(f"bad derived artifact name {kind}/{key}")
+        return self.root / kind / key
+
+    def put_derived(self, kind: str, key: str, data: bytes) -> Path:
+        target = self.derived_path(kind, key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+        return target
+
+    def get_derived(self, kind: str, key: str) -> bytes | None:
+        path = self.derived_path(kind, key)
+        return path.read_bytes() if path.exists() else None
+
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)

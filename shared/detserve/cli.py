@@ -79,7 +79,8 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         concurrency = args.concurrency or settings.worker_concurrency
         # Threads, not prefork: one process holds each model once, a deploy's warm load serves
         # every request after it, and ONNX Runtime/TensorRT/PIL release the GIL while they work.
-        return [py, "-m", "celery", "-A", f"detserve_worker_{args.flavor}", "worker",
+        module = "detserve_worker_cpu" if args.flavor == "cpu" else "detserve_worker_gpu.app"
+        return [py, "-m", "celery", "-A", module, "worker",
                 "-Q", args.flavor, "-n", f"{args.flavor}@%h", "-P", "threads", "-c", str(concurrency),
                 "--without-gossip", "--without-mingle", "-l", "INFO"]
     if args.command == "scheduler":

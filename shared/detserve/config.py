@@ -35,6 +35,10 @@ class Settings:
     worker_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
     ort_threads: int = 1
     model_cache_size: int = 8
+    trt_precision: str = "fp16"  # fp16 where the GPU has fast fp16, else fp32; or "fp32"
+    trt_profile: str = "1,8,32"  # min,opt,max batch of the engine when the ONNX batch is dynamic
+    trt_workspace_mb: int = 1024
+    batch_window_ms: float = 4.0
     prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @classmethod

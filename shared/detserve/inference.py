@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,15 @@ class Detections:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """One image ready for the model, and what is needed to map its boxes back."""
+
+    tensor: np.ndarray
+    geometry: preprocess.Geometry
+    decoded: image.DecodedImage
+
+
+@dataclass(frozen=True)
 class Limits:
     max_bytes: int
     max_pixels: int
@@ -47,14 +57,29 @@ class Detector:
 
     def infer(self, data: bytes) -> Detections:
         """Detect objects in one uploaded image (raises InvalidImage / ImageTooLarge)."""
+        prepared = self.prepare(data)
+        return self.finish(self.backend.infer(prepared.tensor), prepared)
+
+    def prepare(self, data: bytes) -> Prepared:
+        """Decode and pre-process one image into a batch-of-one tensor."""
         decoded = image.decode(
             data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
             target=max(self.size),
         )
         pixels, geometry = preprocess.resize(decoded.pixels, self.size, self.input["resize"])
-        raw = self.backend.infer(preprocess.to_tensor(pixels, self.input))
+        return Prepared(preprocess.to_tensor(pixels, self.input), geometry, decoded)
+
+    def infer_batch(self, prepared: Sequence[Prepared]) -> list[list[np.ndarray]]:
+        """Run several prepared images as one batch; outputs split back per image."""
+        raw = self.backend.infer(np.concatenate([p.tensor for p in prepared]))
+        return [[out[i : i + 1] for out in raw] for i in range(len(prepared))]
+
+    def finish(self, raw: Sequence[np.ndarray], prepared: Prepared) -> Detections:
+        """Decode one image's raw outputs into boxes on the original image."""
+        decoded = prepared.decoded
         boxes, scores, classes = postprocess.decode(raw, self.output, self.size)
-        rescaled = postprocess.to_image(boxes, geometry, decoded.scale, decoded.width, decoded.height)
+        rescaled = postprocess.to_image(boxes, prepared.geometry, decoded.scale, decoded.width,
+                                        decoded.height)
         return Detections(
             classes=[self._label(int(c)) for c in classes],
             boxes=np.round(rescaled.astype(np.float64), 2).tolist(),

@@ -20,7 +20,8 @@ from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime, complete_deploy
 from detserve.errors import NotFound
 from detserve.heartbeats import connect_heartbeat
-from detserve.inference import Detector, Limits
+from detserve.batching import Batcher
+from detserve.inference import Detections, Detector, Limits, Prepared
 from detserve.store import ModelVersion, Store
 
 log = logging.getLogger("detserve.worker")
@@ -33,6 +34,7 @@ class ModelHost:
         self.rt, self.backend_cls, self.settings = rt, backend_cls, settings
         self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels)
         self._models: OrderedDict[int, Detector] = OrderedDict()
+        self._batchers: dict[int, Batcher[Prepared, list[Any]]] = {}
         self._lock = threading.Lock()
 
     def get(self, version_id: int) -> Detector:
@@ -54,23 +56,46 @@ class ModelHost:
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
                  version.sha256[:12], self.backend_cls.__name__)
-        backend = self.backend_cls.from_package(data, spec, threads=self.settings.ort_threads)
+        backend = self.backend_cls.from_package(
+            data, spec, threads=self.settings.ort_threads, settings=self.settings,
+            artifacts=self.rt.artifacts, sha256=version.sha256)
         detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
         detector.warm_up()
+        max_batch = int(getattr(backend, "max_batch", 1))
+        if max_batch > 1:
+            self._batchers[version.id] = Batcher(
+                detector.infer_batch, max_batch=max_batch,
+                window=self.settings.batch_window_ms / 1000, name=f"batcher-v{version.id}")
         with self._lock:
             self._models[version.id] = detector
             self._models.move_to_end(version.id)
             while len(self._models) > self.settings.model_cache_size:
-                _, old = self._models.popitem(last=False)
-                old.backend.close()
+                old_id, _ = next(iter(self._models.items()))
+                self._drop_locked(old_id)
         return detector
+
+    def detect(self, version_id: int, image: bytes) -> Detections:
+        """One image through the version's detector, batched with others where the engine can."""
+        detector = self.get(version_id)
+        batcher = self._batchers.get(version_id)
+        if batcher is None:
+            return detector.infer(image)
+        prepared = detector.prepare(image)  # in this task's thread, in parallel with others
+        return detector.finish(batcher(prepared), prepared)
 
     def drop(self, version_id: int) -> None:
         with self._lock:
-            detector = self._models.pop(version_id, None)
+            if self._drop_locked(version_id):
+                log.info("unloaded model version %s", version_id)
+
+    def _drop_locked(self, version_id: int) -> bool:
+        detector = self._models.pop(version_id, None)
+        batcher = self._batchers.pop(version_id, None)
+        if batcher is not None:
+            batcher.close()
         if detector is not None:
             detector.backend.close()
-            log.info("unloaded model version %s", version_id)
+        return detector is not None
 
     def __contains__(self, version_id: int) -> bool:
         return version_id in self._models
@@ -112,7 +137,7 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def predict(version_id: int, image: bytes) -> dict[str, Any]:
         """Detect objects in one image with a deployed version."""
         started = time.perf_counter()
-        result = state.host.get(version_id).infer(image).to_dict()
+        result = state.host.detect(version_id, image).to_dict()
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return result
 

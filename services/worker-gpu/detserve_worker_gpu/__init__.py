@@ -1,11 +1,17 @@
 """GPU worker: Celery on queue "gpu", models run as TensorRT engines built from ONNX.
 
-Run with `detserve worker --flavor gpu`; it refuses to start without a usable GPU and TensorRT.
+Run with `detserve worker --flavor gpu` (celery -A detserve_worker_gpu.app worker -Q gpu); it
+refuses to start without a usable GPU and TensorRT.
 """
 
 from __future__ import annotations
 
+from celery import Celery
+
+from detserve.celery_app import make_celery
+from detserve.config import Settings
 from detserve.errors import MissingDependencyError
+from detserve.worker import register_worker_tasks
 
 
 def gpu_problem() -> str | None:
@@ -32,3 +38,12 @@ def require_gpu() -> None:
     problem = gpu_problem()
     if problem:
         raise MissingDependencyError(f"cannot start a GPU worker: {problem}")
+
+
+def make_worker(settings: Settings) -> Celery:
+    """The GPU worker's Celery app with the worker tasks on TensorRT."""
+    from detserve_worker_gpu.tensorrt import TensorRTBackend
+
+    app = make_celery(settings, "detserve-worker-gpu")
+    register_worker_tasks(app, TensorRTBackend, settings, flavor="gpu")
+    return app
