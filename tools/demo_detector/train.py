@@ -125,8 +125,10 @@ def export(model: DemoDetector, out: Path) -> None:
 
     model.eval()
     dummy = torch.zeros(1, 3, SIZE, SIZE)
+    # a dynamic batch lets GPU workers batch requests (TensorRT optimisation profile 1..32)
     torch.onnx.export(model, dummy, str(out), input_names=["images"], output_names=["output0"],
-                      opset_version=17, dynamo=False)
+                      opset_version=17, dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}, "output0": {0: "batch"}})
     proto = onnx.load(str(out))
     names = {i: n for i, n in enumerate(CLASSES)}
     for key, value in {"names": str(names), "imgsz": str([SIZE, SIZE]), "stride": str(STRIDE),
@@ -164,6 +166,7 @@ def main() -> None:
             print(f"step {step:5d} loss {float(loss):.3f} cls {cls_l:.3f} box {box_l:.3f} "
                   f"lr {lr:.5f} {time.time() - started:.0f}s", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), args.out.with_suffix(".pt"))  # kept out of git; re-export needs it
     export(model, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
 

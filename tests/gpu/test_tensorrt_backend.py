@@ -1,0 +1,81 @@
+"""TensorRT for real: marked `gpu`, deselected by default (`pytest -m gpu` runs them), and each
+skips, saying why, where there is no NVIDIA GPU or no TensorRT."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from detserve.backends.onnxruntime import OnnxRuntimeBackend
+from detserve.config import Settings
+from detserve.demo import demo_model_bytes
+from detserve.inference import Detector, Limits
+from detserve.packages import read_package
+from detserve.synthetic import iou, scene
+
+pytestmark = pytest.mark.gpu
+
+
+def _gpu_backend():
+    """Imports inside the test, as the GPU worker does."""
+    from detserve_worker_gpu import gpu_problem
+
+    problem = gpu_problem()
+    if problem:
+        pytest.skip(f"no usable GPU here: {problem}")
+    from detserve_worker_gpu.tensorrt import TensorRTBackend
+
+    return TensorRTBackend
+
+
+def _detectors(precision: str, tmp_path):
+    from detserve.artifacts import ArtifactStore
+
+    backend_cls = _gpu_backend()
+    package = read_package(demo_model_bytes(), None, max_bytes=1 << 30)
+    spec = {"input": package.input, "output": package.output}
+    version = {"labels": package.labels, **spec}
+    limits = Limits(1 << 30, 1 << 30)
+    settings = replace(Settings(), trt_precision=precision)
+    trt = backend_cls.from_package(package.onnx_bytes, spec, settings=settings,
+                                   artifacts=ArtifactStore(tmp_path))
+    ort = OnnxRuntimeBackend.from_package(package.onnx_bytes, spec)
+    return Detector(trt, version, limits), Detector(ort, version, limits)
+
+
+def test_fp32_outputs_match_onnx_runtime(tmp_path):
+    trt, ort = _detectors("fp32", tmp_path)
+    for seed in range(10):
+        prepared = ort.prepare(scene(seed).encode())
+        np.testing.assert_allclose(trt.backend.infer(prepared.tensor)[0],
+                                   ort.backend.infer(prepared.tensor)[0], atol=1e-3, rtol=1e-3)
+
+
+def test_fp16_finds_the_same_objects(tmp_path):
+    trt, ort = _detectors("fp16", tmp_path)
+    for seed in range(10):
+        image = scene(seed).encode()
+        a, b = trt.infer(image), ort.infer(image)
+        assert a.classes == b.classes
+        if a.boxes:
+            overlaps = iou(np.asarray(a.boxes), np.asarray(b.boxes)).diagonal()
+            assert (overlaps >= 0.9).all()
+
+
+def test_throughput_by_batch(tmp_path):
+    trt, _ = _detectors("fp16", tmp_path)
+    tensor = trt.prepare(scene(1).encode()).tensor
+    for batch in (1, 8, 32):
+        if batch > trt.backend.max_batch:
+            continue
+        x = np.repeat(tensor, batch, axis=0)
+        trt.backend.infer(x)
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 2.0:
+            trt.backend.infer(x)
+            runs += 1
+        print(f"TensorRT demo detector batch {batch}: "
+              f"{runs * batch / (time.perf_counter() - started):.0f} images/s")
