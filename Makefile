@@ -23,12 +23,15 @@ up: $(STAMP)
 	$(VENV)/bin/detserve up
 
 test: $(DEV)
+	$(PY) -m ruff check shared services tests tools bench
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV)
 	$(PY) -m ruff check shared services tests
 
+# needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model
 bench: $(DEV)
+	$(PY) -m pip install --quiet -e ".[dev,train]"
 	$(PY) bench/run.py
 
 clean:

@@ -79,7 +79,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "multipart/form-data; boundary={BOUNDARY}"
 wrk.headers["X-Service-Key"] = "{key}"
 local f = io.open("{image}", "rb"); local data = f:read("*all"); f:close()
-wrk.body = "--{BOUNDARY}\\r\\nContent-Disposition: form-data; name=\\"images\\"; filename=\\"bench.jpg\\"\\r\\n" ..
+wrk.body = "--{BOUNDARY}\\r\\n" ..
+  "Content-Disposition: form-data; name=\\"images\\"; filename=\\"bench.jpg\\"\\r\\n" ..
   "Content-Type: image/jpeg\\r\\n\\r\\n" .. data .. "\\r\\n--{BOUNDARY}--\\r\\n"
 """)
 
@@ -174,8 +175,9 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-            f"{platform.processor() or platform.platform()}", "worker_concurrency": settings.worker_concurrency,
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine,
+            "worker_concurrency": settings.worker_concurrency,
             "ort_threads": settings.ort_threads, "seconds": args.seconds, "reps": args.reps}
     (CACHE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(json.dumps(meta))

@@ -15,7 +15,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -142,9 +141,12 @@ class YOLO(nn.Module):
             ch_in = [channels[f] if channels else 3 for f in (frm if isinstance(frm, list) else [frm])]
             if kind in ("Conv", "C2f", "SPPF"):
                 c2 = math.ceil(min(args[0], max_ch) * width / 8) * 8
-                layer = {"Conv": lambda: Conv(ch_in[0], c2, *args[1:]),
-                         "C2f": lambda: C2f(ch_in[0], c2, n, *args[1:]),
-                         "SPPF": lambda: SPPF(ch_in[0], c2, *args[1:])}[kind]()
+                if kind == "Conv":
+                    layer = Conv(ch_in[0], c2, *args[1:])
+                elif kind == "C2f":
+                    layer = C2f(ch_in[0], c2, n, *args[1:])
+                else:
+                    layer = SPPF(ch_in[0], c2, *args[1:])
             elif kind == "nn.Upsample":
                 layer, c2 = nn.Upsample(scale_factor=2, mode="nearest"), ch_in[0]
             elif kind == "Concat":

@@ -6,9 +6,8 @@ import io
 from typing import Any
 
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
-
 from support import ADMIN, wait_for
+from werkzeug.test import TestResponse
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 

@@ -107,5 +107,6 @@ def prometheus(client: redis.Redis) -> str:
     for sid, r in rows.items():
         lines.append(f'detserve_inference_seconds_sum{{service="{sid}"}} '
                      f'{float(r.get(b"inference_sum_ms", 0)) / 1000:.6f}')
-        lines.append(f'detserve_inference_seconds_count{{service="{sid}"}} {int(r.get(b"inference_count", 0))}')
+        count = int(r.get(b"inference_count", 0))
+        lines.append(f'detserve_inference_seconds_count{{service="{sid}"}} {count}')
     return "\n".join(lines) + "\n"

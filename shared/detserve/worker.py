@@ -11,16 +11,16 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
-from celery import Celery, signals
+from celery import Celery
 
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore
+from detserve.batching import Batcher
 from detserve.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime, complete_deploy
 from detserve.errors import NotFound
 from detserve.heartbeats import connect_heartbeat
-from detserve.batching import Batcher
 from detserve.inference import Detections, Detector, Limits, Prepared
 from detserve.store import ModelVersion, Store
 

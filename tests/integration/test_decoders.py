@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from api_helpers import AUTH, predict, upload
 from onnx import TensorProto
-
-from api_helpers import AUTH, predict, running_service, upload
 from support import constant_model, image_bytes, yolo_v8_output
 
 

@@ -10,11 +10,18 @@ import time
 import numpy as np
 import pytest
 import redis
-
 from api_helpers import AUTH, predict, upload, wait_status
 from detserve import heartbeats
-from support import ROOT, Proc, child_env, detserve_cmd, image_bytes, wait_for, wait_heartbeat
-from support import dynamic_batch_model
+from support import (
+    ROOT,
+    Proc,
+    child_env,
+    detserve_cmd,
+    dynamic_batch_model,
+    image_bytes,
+    wait_for,
+    wait_heartbeat,
+)
 
 
 def test_gpu_worker_refuses_to_start_without_a_gpu(settings):
@@ -28,15 +35,19 @@ def test_gpu_worker_refuses_to_start_without_a_gpu(settings):
     assert time.monotonic() - started < 30
 
 
+def available(client):
+    return {f["id"]: f["available"] for f in client.get("/v1/flavors", headers=AUTH).json["flavors"]}
+
+
 def test_flavor_availability_follows_heartbeats(client, settings):
     r = redis.Redis.from_url(settings.redis_url)
     flavors = {f["id"]: f for f in client.get("/v1/flavors", headers=AUTH).json["flavors"]}
     assert flavors["cpu"]["available"] and not flavors["gpu"]["available"]
     assert flavors["cpu"]["price_per_hour"] == settings.prices["cpu"]
     heartbeats.beat(r, "gpu", "gpu@test-host")
-    assert {f["id"]: f["available"] for f in client.get("/v1/flavors", headers=AUTH).json["flavors"]}["gpu"]
+    assert available(client)["gpu"]
     heartbeats.beat(r, "gpu", "gpu@test-host", now=time.time() - 10 * settings.heartbeat_seconds)
-    assert not {f["id"]: f["available"] for f in client.get("/v1/flavors", headers=AUTH).json["flavors"]}["gpu"]
+    assert not available(client)["gpu"]
     heartbeats.forget(r, "gpu", "gpu@test-host")
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 
 import pytest
-from PIL import Image
-
 from api_helpers import AUTH, predict, running_service
 from conftest import as_config
 from detserve.demo import build_blob_detector
+from PIL import Image
 from support import blobs_image, image_bytes, wait_for
 
 

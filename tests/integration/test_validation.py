@@ -7,14 +7,11 @@ import json
 import re
 import zipfile
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from api_helpers import AUTH, deploy, upload
 from conftest import as_config
 from detserve.demo import build_blob_detector
+from onnx import TensorProto, helper, numpy_helper
 
 DEMO = build_blob_detector().SerializeToString()
 
@@ -211,4 +208,5 @@ def test_openapi_covers_every_route(client, stack):
             assert (path, method) in documented, (path, method)
     deploy_op = spec["paths"]["/v1/services"]["post"]
     assert "requestBody" in deploy_op and "202" in deploy_op["responses"]
-    assert "multipart/form-data" in spec["paths"]["/v1/models/{name}/versions"]["post"]["requestBody"]["content"]
+    upload_op = spec["paths"]["/v1/models/{name}/versions"]["post"]
+    assert "multipart/form-data" in upload_op["requestBody"]["content"]

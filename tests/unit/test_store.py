@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, select, text
-
 from detserve import status
 from detserve.errors import StaleTransition
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
+from sqlalchemy import create_engine, select, text
 
 PG_URL = os.environ.get("DETSERVE_TEST_POSTGRES_URL")
 
@@ -66,7 +65,8 @@ def test_migrate_is_idempotent(store):
 
 def test_transition_writes_one_event(store):
     sid = add_service(store)
-    assert status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="deployed") == status.DEPLOYING
+    old = status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="deployed")
+    assert old == status.DEPLOYING
     with store.session(readonly=True) as session:
         events = session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all()
         service = session.get(Service, sid)

@@ -7,17 +7,16 @@ import inspect
 import sys
 from dataclasses import replace
 
+import fakes
 import numpy as np
 import pytest
-
-import fakes
 from detserve.artifacts import ArtifactStore
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
+from detserve.demo import build_blob_detector
 from detserve.errors import ModelLoadError
 from detserve.inference import Detector, Limits
 from detserve.packages import read_package
-from detserve.demo import build_blob_detector
 from support import blobs_image, dynamic_batch_model, failing_model
 
 # Names of the TensorRT 10 Python API and of pycuda.driver, from their documentation

@@ -51,8 +51,8 @@ class DemoDetector(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, sides = self.raw(x)
         a = self.anchors.unsqueeze(0)
-        l, t, r, b = sides.unbind(1)
-        cx = a[:, 0] + (r - l) / 2
-        cy = a[:, 1] + (b - t) / 2
-        box = torch.stack([cx, cy, l + r, t + b], dim=1)
+        left, top, right, bottom = sides.unbind(1)
+        cx = a[:, 0] + (right - left) / 2
+        cy = a[:, 1] + (bottom - top) / 2
+        box = torch.stack([cx, cy, left + right, top + bottom], dim=1)
         return torch.cat([box, torch.sigmoid(logits)], dim=1)

@@ -23,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from model import SIZE, STRIDE, DemoDetector  # noqa: E402
-
 from detserve.processing.preprocess import resize  # noqa: E402
 from detserve.synthetic import CLASSES, scene  # noqa: E402
+from model import SIZE, STRIDE, DemoDetector  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000  # evaluation uses seeds below this; training never sees them
 
@@ -105,8 +104,8 @@ def loss_fn(model: DemoDetector, x: torch.Tensor, boxes: list[torch.Tensor],
             continue
         cls_target[i, c[owner[pos]], pos.nonzero().squeeze(1)] = 1.0
         ax, ay = anchors[0][pos], anchors[1][pos]
-        l, t, r, bb = sides[i][:, pos]
-        pred_boxes.append(torch.stack([ax - l, ay - t, ax + r, ay + bb], 1))
+        left, top, right, bottom = sides[i][:, pos]
+        pred_boxes.append(torch.stack([ax - left, ay - top, ax + right, ay + bottom], 1))
         true_boxes.append(b[owner[pos]])
     num_pos = max(1, sum(len(p) for p in pred_boxes))
     p = torch.sigmoid(logits)
@@ -154,7 +153,8 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(Batches(args.steps, args.batch), batch_size=None,
                                          num_workers=1, prefetch_factor=4)
     for step, (x, boxes, classes) in enumerate(loader):
-        lr = args.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        cosine = 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        lr = args.lr * min(1.0, (step + 1) / warmup) * cosine
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()

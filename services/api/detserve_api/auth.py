@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Flask, g, request
-from sqlalchemy import select
-
 from detserve.deployments import get_service, hash_key
 from detserve.errors import Forbidden, NotFound, Unauthorized
 from detserve.store import Service
+from flask import Flask, g, request
+from sqlalchemy import select
+
 from detserve_api import context
 
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}

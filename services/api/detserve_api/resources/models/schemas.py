@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from detserve.status import VERSION_STATUSES
 from flask_smorest.fields import Upload
 from marshmallow import Schema, fields, validate
-
-from detserve.status import VERSION_STATUSES
 
 
 class VersionSchema(Schema):
@@ -35,7 +34,8 @@ class ModelListSchema(Schema):
 
 
 class UploadFilesSchema(Schema):
-    model = Upload(required=True, metadata={"description": ".onnx file, or .zip with model.onnx + model.json"})
+    model = Upload(required=True,
+                   metadata={"description": ".onnx file, or .zip with model.onnx + model.json"})
 
 
 class UploadFormSchema(Schema):

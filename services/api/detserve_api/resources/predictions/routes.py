@@ -7,16 +7,16 @@ from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from flask import g
-from flask.views import MethodView
-from flask_smorest import Blueprint
-
 from detserve import monitoring
 from detserve import tasknames as names
 from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
 from detserve.processing.image import inspect
 from detserve.status import RUNNING
 from detserve.store import Service
+from flask import g
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.resources.predictions.schemas import (

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
-
 from detserve.tasknames import FLAVORS
+from marshmallow import Schema, fields, validate
 
 AUTO_STOP_PRESETS = (1, 2, 4, 6)
 
