@@ -7,7 +7,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 from support import ADMIN, wait_for
-from werkzeug.test import TestResponse
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import TestResponse, encode_multipart
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -19,8 +20,18 @@ def upload(client: FlaskClient, name: str, data: bytes, filename: str = "model.o
         form["config"] = config
     if status is not None:
         form["status"] = status
-    return client.post(f"/v1/models/{name}/versions", data=form, headers=AUTH,
-                       content_type="multipart/form-data")
+    return post_multipart(client, f"/v1/models/{name}/versions", form, AUTH)
+
+
+def post_multipart(client: FlaskClient, path: str, form: dict[str, Any],
+                   headers: dict[str, str]) -> TestResponse:
+    """POST a multipart body encoded in memory (werkzeug spools large bodies to a temporary file
+    that its test client never closes)."""
+    fields = {k: FileStorage(v[0], filename=v[1], content_type="application/octet-stream")
+              if isinstance(v, tuple) else v for k, v in form.items()}
+    boundary, body = encode_multipart(MultiDict(fields))
+    return client.post(path, data=body, headers=headers,
+                       content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def deploy(client: FlaskClient, model: str, version: int = 1, **extra: Any) -> TestResponse:
@@ -49,10 +60,8 @@ def wait_status(client: FlaskClient, service_id: str, status: str, timeout: floa
 
 def predict(client: FlaskClient, service_id: str, data: bytes, filename: str = "image.png",
             headers: dict[str, str] | None = None, route: str = "predict") -> TestResponse:
-    return client.post(f"/v1/services/{service_id}/{route}",
-                       data={"images": (io.BytesIO(data), filename)},
-                       headers=AUTH if headers is None else headers,
-                       content_type="multipart/form-data")
+    return post_multipart(client, f"/v1/services/{service_id}/{route}",
+                          {"images": (io.BytesIO(data), filename)}, AUTH if headers is None else headers)
 
 
 def running_service(client: FlaskClient, model: str, data: bytes, **extra: Any) -> dict[str, Any]:

@@ -13,13 +13,14 @@ from typing import Any
 import redis
 from celery import Celery
 
+from detserve import replies
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore
 from detserve.batching import Batcher
 from detserve.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime, complete_deploy
-from detserve.errors import NotFound
+from detserve.errors import DetserveError, NotFound
 from detserve.heartbeats import connect_heartbeat
 from detserve.inference import Detections, Detector, Limits, Prepared
 from detserve.store import ModelVersion, Store
@@ -108,6 +109,13 @@ class WorkerState:
         self.app, self.backend_cls, self.settings = app, backend_cls, settings
         self._pid = -1
         self._host: ModelHost | None = None
+        self._redis: redis.Redis | None = None
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url)
+        return self._redis
 
     @property
     def host(self) -> ModelHost:
@@ -134,12 +142,23 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         complete_deploy(host.rt, service_id, host.load)
 
     @app.task(name=names.PREDICT)
-    def predict(version_id: int, image: bytes) -> dict[str, Any]:
-        """Detect objects in one image with a deployed version."""
+    def predict(version_id: int, image: bytes, reply_to: str | None = None) -> dict[str, Any] | None:
+        """Detect objects in one image; a sync caller waits on `reply_to` instead of the backend."""
         started = time.perf_counter()
-        result = state.host.detect(version_id, image).to_dict()
+        try:
+            result = state.host.detect(version_id, image).to_dict()
+        except Exception as exc:
+            if reply_to is None:
+                raise
+            log.log(logging.INFO if isinstance(exc, DetserveError) else logging.ERROR,
+                    "prediction failed: %s", exc, exc_info=not isinstance(exc, DetserveError))
+            replies.send(state.redis, reply_to, replies.failure(exc))
+            return None
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        return result
+        if reply_to is None:
+            return result
+        replies.send(state.redis, reply_to, {"result": result})
+        return None
 
     connect_heartbeat(settings, flavor)
     return state

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 from api_client import ApiClient
-from support import Proc, blobs_image, child_env, detserve_cmd, free_port, wait_for
+from detserve.synthetic import CLASSES, scene
+from support import Proc, child_env, detserve_cmd, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -85,11 +86,12 @@ def test_up_restart_keeps_everything(tmp_path):
         api.wait_status(running["id"], "Running")
         api.wait_status(stopped["id"], "Running")
         api.post(f"/v1/services/{stopped['id']}/stop")
-        image = blobs_image([("green", 100, 100, 150, 150)])
+        truth = scene(5)
+        image = truth.encode("JPEG")
         first = requests.post(f"{api.base}/v1/services/{running['id']}/predict",
                               files={"images": ("a.png", image)},
                               headers={"X-Service-Key": running["key"]}, timeout=30)
-        assert first.status_code == 200 and set(first.json()["detection_classes"]) == {"green"}
+        assert first.status_code == 200 and set(first.json()["detection_classes"]) == {CLASSES[c] for c in truth.classes}
         stop_at = api.service(running["id"])["auto_stop"]["stop_at"]
         # a child that dies is restarted, and the restart is logged
         worker_pid = next(int(line.split(":")[0]) for line in leftovers(data_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import requests
-
 from support import ADMIN, free_port, start_component, wait_for
 
 

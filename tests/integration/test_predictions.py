@@ -113,3 +113,26 @@ def test_monitoring_counts_requests(client, service):
     assert after["latency_ms"]["p50"] > 0 and len(after["series"]) == 60
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'detserve_requests_total{{service="{service["id"]}"}}' in metrics
+
+
+def test_no_worker_answer_is_504(stack, client):
+    import redis
+    from detserve import heartbeats, status
+    from detserve_api import create_app
+    from support import image_bytes as img
+
+    # given a Running gpu service whose worker has gone (a heartbeat once made gpu available)
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    heartbeats.beat(r, "gpu", "gpu@gone")
+    version = client.post("/v1/models/timeout/versions", headers=AUTH, content_type="multipart/form-data",
+                          data={"model": (io.BytesIO(build_blob_detector().SerializeToString()), "m.onnx")})
+    created = client.post("/v1/services", headers=AUTH, json={"model": "timeout", "flavor": "gpu",
+                                                              "version": version.json["version"]})
+    heartbeats.forget(r, "gpu", "gpu@gone")
+    status.transition(stack.store, created.json["id"], status.DEPLOYING, status.RUNNING, reason="test")
+    quick = create_app({**as_config(stack.settings), "predict_timeout": 0.5}, store=stack.store)
+    # when a prediction is sent, then the caller gets 504 within the timeout
+    resp = predict(quick.test_client(), created.json["id"], img())
+    assert resp.status_code == 504 and resp.json["error"]["code"] == "prediction_timeout"
+    client.post(f"/v1/services/{created.json['id']}/stop", headers=AUTH)
+    r.delete("gpu")  # the unconsumed message would wait for a gpu worker that never comes

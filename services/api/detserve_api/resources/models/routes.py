@@ -45,10 +45,14 @@ class Versions(MethodView):
     @blp.response(201, VersionSchema)
     def post(self, form: dict[str, Any], files: dict[str, Any], name: str) -> ModelVersion:
         """Register a new version from an .onnx file or a .zip package."""
-        settings = context.settings()
+        upload = files["model"]
+        try:
+            data = upload.read()
+        finally:
+            upload.close()  # large uploads are spooled to a temporary file
         return deployments.register_version(
-            context.runtime(), name, files["model"].read(), form["config"], form["status"],
-            max_bytes=settings.max_model_bytes,
+            context.runtime(), name, data, form["config"], form["status"],
+            max_bytes=context.settings().max_model_bytes,
         )
 
     @blp.response(200, VersionListSchema)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
-from detserve import monitoring
+from detserve import monitoring, replies
 from detserve import tasknames as names
 from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
 from detserve.processing.image import inspect
@@ -29,18 +28,23 @@ from detserve_api.resources.predictions.schemas import (
 blp = Blueprint("predictions", __name__, url_prefix="/v1", description="Predictions")
 
 
-def _send(service: Service, files: dict[str, Any]) -> AsyncResult:
+def _send(service: Service, files: dict[str, Any], **options: Any) -> AsyncResult:
     """Check the service and the upload, then queue the prediction on the flavor's queue."""
     if service.status != RUNNING:
         raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
                                 "for Running before predicting")
     upload = files.get("images")
-    data = upload.read() if upload else b""
+    data = b""
+    if upload:
+        try:
+            data = upload.read()
+        finally:
+            upload.close()  # large uploads are spooled to a temporary file
     settings = context.settings()
     inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     return context.celery().send_task(
-        names.PREDICT, args=[service.version_id, data], queue=service.flavor, serializer="msgpack"
-    )
+        names.PREDICT, args=[service.version_id, data], queue=service.flavor, serializer="msgpack",
+        **options)
 
 
 @blp.route("/services/<string:service_id>/predict")
@@ -50,17 +54,24 @@ class Predict(MethodView):
     def post(self, files: dict[str, Any], service_id: str) -> dict[str, Any]:
         """Detect objects in one image and wait for the answer."""
         started = time.perf_counter()
-        result = _send(g.service, files)
+        timeout = context.settings().predict_timeout
+        reply_to = replies.new_key()
+        # No result-backend entry for a sync call: the answer comes back on `reply_to`, and a
+        # task still queued when the caller has given up expires instead of running for nobody.
+        _send(g.service, files, kwargs={"reply_to": reply_to}, ignore_result=True, expires=timeout)
         ok, inference_ms = False, None
         try:
-            answer: dict[str, Any] = result.get(timeout=context.settings().predict_timeout)
+            reply = replies.wait(context.redis_client(), reply_to, timeout)
+            if reply is None:
+                raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within "
+                                        f"{timeout:g} s")
+            if "error" in reply:
+                err = reply["error"]
+                raise replies.RemoteError(err["code"], err["message"], reply["status"])
+            answer: dict[str, Any] = reply["result"]
             ok, inference_ms = True, answer.get("inference_ms")
             return answer
-        except CeleryTimeout as exc:
-            raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within "
-                                    f"{context.settings().predict_timeout:g} s") from exc
         finally:
-            result.forget()
             monitoring.record(context.redis_client(), service_id,
                               (time.perf_counter() - started) * 1000, ok, inference_ms)
 
