@@ -91,7 +91,8 @@ def test_up_restart_keeps_everything(tmp_path):
         first = requests.post(f"{api.base}/v1/services/{running['id']}/predict",
                               files={"images": ("a.png", image)},
                               headers={"X-Service-Key": running["key"]}, timeout=30)
-        assert first.status_code == 200 and set(first.json()["detection_classes"]) == {CLASSES[c] for c in truth.classes}
+        assert first.status_code == 200
+        assert set(first.json()["detection_classes"]) == {CLASSES[c] for c in truth.classes}
         stop_at = api.service(running["id"])["auto_stop"]["stop_at"]
         # a child that dies is restarted, and the restart is logged
         worker_pid = next(int(line.split(":")[0]) for line in leftovers(data_dir)
