@@ -96,7 +96,9 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[st
                          capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk saw failed requests:\n{out}")
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    if len(lat) != 2:
+        raise SystemExit(f"could not read wrk's latency distribution:\n{out}")
     return {"images_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
             "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"])}
 

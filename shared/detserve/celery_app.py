@@ -10,7 +10,10 @@ from detserve.tasknames import QUEUES
 
 
 def make_celery(settings: Settings, name: str = "detserve") -> Celery:
-    """A Celery app on the settings' Redis: JSON/msgpack only, late acks, queues cpu/gpu/scheduler."""
+    """A Celery app on the settings' Redis: JSON only (never pickle), late acks, queues cpu/gpu/scheduler.
+
+    Images do not travel inside messages: they wait in Redis under a short-lived key (images.py).
+    """
     app = Celery(name, broker=settings.redis_url, backend=settings.redis_url, set_as_current=False)
     # A countdown task is held unacknowledged until its ETA; on Redis it is delivered again once
     # the visibility timeout passes. Keep the timeout above the longest auto stop (24 h) so that
@@ -19,8 +22,8 @@ def make_celery(settings: Settings, name: str = "detserve") -> Celery:
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
-        accept_content=["json", "msgpack"],
-        result_accept_content=["json", "msgpack"],
+        accept_content=["json"],
+        result_accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=False,
         task_track_started=True,
@@ -33,8 +36,8 @@ def make_celery(settings: Settings, name: str = "detserve") -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": visibility},
         result_backend_transport_options={"visibility_timeout": visibility},
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost a publish each; Flower switches them on (enable_events) while it runs.
+        worker_send_task_events=False,
         enable_utc=True,
         timezone="UTC",
         worker_hijack_root_logger=False,

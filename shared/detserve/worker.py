@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from detserve import replies
+from detserve import images, replies
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore
 from detserve.batching import Batcher
@@ -142,11 +142,11 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         complete_deploy(host.rt, service_id, host.load)
 
     @app.task(name=names.PREDICT)
-    def predict(version_id: int, image: bytes, reply_to: str | None = None) -> dict[str, Any] | None:
-        """Detect objects in one image; a sync caller waits on `reply_to` instead of the backend."""
+    def predict(version_id: int, image_key: str, reply_to: str | None = None) -> dict[str, Any] | None:
+        """Detect objects in the image kept under `image_key`; a sync caller waits on `reply_to`."""
         started = time.perf_counter()
         try:
-            result = state.host.detect(version_id, image).to_dict()
+            result = state.host.detect(version_id, images.take(state.redis, image_key)).to_dict()
         except Exception as exc:
             if reply_to is None:
                 raise

@@ -105,8 +105,9 @@ def test_async_bad_input_is_refused_up_front(client, service):
 
 def test_monitoring_counts_requests(client, service):
     before = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
-    predict(client, service["id"], GOOD)
-    predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700])
+    # a WSGI server closes each response once sent; monitoring counts at that moment
+    predict(client, service["id"], GOOD).close()
+    predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700]).close()
     after = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
     assert after["requests"] == before["requests"] + 2
     assert after["failures"] == before["failures"] + 1

@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import hmac
+import time
 
-from detserve.deployments import get_service, hash_key
+from detserve.deployments import hash_key
 from detserve.errors import Forbidden, NotFound, Unauthorized
 from detserve.store import Service
 from flask import Flask, g, request
@@ -18,6 +19,8 @@ from sqlalchemy import select
 
 from detserve_api import context
 
+# what the prediction routes need of a service, read in one small query per request
+HOT_COLUMNS = (Service.id, Service.status, Service.flavor, Service.version_id, Service.key_hash)
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
 PREDICTION_BLUEPRINT = "predictions"
 TASK_KEY = "detserve:task:{task_id}"
@@ -29,7 +32,12 @@ SECURITY_SCHEMES = {
 
 
 def register(app: Flask) -> None:
+    app.before_request(_mark_start)
     app.before_request(check_request)
+
+
+def _mark_start() -> None:
+    g.request_started = time.perf_counter()
 
 
 def check_request() -> None:
@@ -68,15 +76,17 @@ def _check_service_access() -> None:
     if not g.is_admin and not key:
         raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
     if g.is_admin:
-        g.service = get_service(context.runtime(), service_id)
+        g.service = context.runtime().store.first(select(*HOT_COLUMNS).where(Service.id == service_id))
+        if g.service is None:
+            raise NotFound(f"no service {service_id!r}")
         return
     digest = hash_key(key)
-    with context.runtime().store.session(readonly=True) as session:
-        service = session.get(Service, service_id)  # one query on the hot path
-        if service is not None and hmac.compare_digest(service.key_hash, digest):
-            g.service = service
-            return
-        owner = session.scalar(select(Service.id).where(Service.key_hash == digest))
+    store = context.runtime().store
+    service = store.first(select(*HOT_COLUMNS).where(Service.id == service_id))  # one query
+    if service is not None and hmac.compare_digest(service.key_hash, digest):
+        g.service = service
+        return
+    owner = store.first(select(Service.id).where(Service.key_hash == digest))
     if owner is None:
         raise Unauthorized("the service key is not valid (it may have been rotated)")
     if service is None:

@@ -53,9 +53,11 @@ def decode(
             orientation = img.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
             if orientation in _TRANSPOSED:
                 width, height = height, width
-            if fmt == "JPEG" and target and min(img.size) >= 4 * target:
-                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for a small input.
-                img.draft("RGB", (img.size[0] // 2, img.size[1] // 2))
+            if fmt == "JPEG" and target and min(img.size) >= 2 * target:
+                # libjpeg can decode at 1/2, 1/4 or 1/8 scale (DCT-domain averaging): ask for no
+                # less than twice the size the model will see, and resize the rest of the way.
+                gain = 2 * target / min(img.size)
+                img.draft("RGB", (round(img.size[0] * gain), round(img.size[1] * gain)))
             img.load()
             img = ImageOps.exif_transpose(img) if orientation != 1 else img
             rgb = _to_rgb(img)

@@ -27,9 +27,8 @@ class Store:
         self.url = url
         self.engine = _make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._readers = sessionmaker(
-            self.engine.execution_options(detserve_readonly=True), expire_on_commit=False
-        )
+        self._read_engine = self.engine.execution_options(detserve_readonly=True)
+        self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -37,6 +36,11 @@ class Store:
         factory = self._readers if readonly else self._sessions
         with factory() as session, session.begin():
             yield session
+
+    def first(self, statement: Any) -> Any:
+        """One row of a read-only Core statement, without an ORM session (the hot path)."""
+        with self._read_engine.connect() as conn:
+            return conn.execute(statement).first()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""

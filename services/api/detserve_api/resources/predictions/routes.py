@@ -2,87 +2,99 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from celery.result import AsyncResult
-from detserve import monitoring, replies
+from detserve import images, monitoring, replies
 from detserve import tasknames as names
 from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
 from detserve.processing.image import inspect
 from detserve.status import RUNNING
-from detserve.store import Service
-from flask import g
+from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.resources.predictions.schemas import (
-    ImageFilesSchema,
     PredictionSchema,
     TaskCreatedSchema,
     TaskSchema,
 )
+from detserve_api.uploads import image_upload
 
 blp = Blueprint("predictions", __name__, url_prefix="/v1", description="Predictions")
+IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["images"],
+    "properties": {"images": {"type": "string", "format": "binary",
+                              "description": "one JPG, JPEG, BMP or PNG image"}}}}}}
 
 
-def _send(service: Service, files: dict[str, Any], **options: Any) -> AsyncResult:
+def _send(service: Any, **options: Any) -> AsyncResult:
     """Check the service and the upload, then queue the prediction on the flavor's queue."""
     if service.status != RUNNING:
         raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
                                 "for Running before predicting")
-    upload = files.get("images")
-    data = b""
-    if upload:
-        try:
-            data = upload.read()
-        finally:
-            upload.close()  # large uploads are spooled to a temporary file
+    data = image_upload(request)
     settings = context.settings()
     inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return context.celery().send_task(
-        names.PREDICT, args=[service.version_id, data], queue=service.flavor, serializer="msgpack",
-        **options)
+    key = images.put(context.redis_client(), data)
+    return context.celery().send_task(names.PREDICT, args=[service.version_id, key],
+                                      queue=service.flavor, **options)
 
 
 @blp.route("/services/<string:service_id>/predict")
 class Predict(MethodView):
-    @blp.arguments(ImageFilesSchema, location="files")
+    @blp.doc(requestBody=IMAGE_BODY)
     @blp.response(200, PredictionSchema)
-    def post(self, files: dict[str, Any], service_id: str) -> dict[str, Any]:
+    def post(self, service_id: str) -> Response:
         """Detect objects in one image and wait for the answer."""
         started = time.perf_counter()
         timeout = context.settings().predict_timeout
         reply_to = replies.new_key()
         # No result-backend entry for a sync call: the answer comes back on `reply_to`, and a
         # task still queued when the caller has given up expires instead of running for nobody.
-        _send(g.service, files, kwargs={"reply_to": reply_to}, ignore_result=True, expires=timeout)
-        ok, inference_ms = False, None
-        try:
-            reply = replies.wait(context.redis_client(), reply_to, timeout)
-            if reply is None:
-                raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within "
-                                        f"{timeout:g} s")
-            if "error" in reply:
-                err = reply["error"]
-                raise replies.RemoteError(err["code"], err["message"], reply["status"])
-            answer: dict[str, Any] = reply["result"]
-            ok, inference_ms = True, answer.get("inference_ms")
-            return answer
-        finally:
-            monitoring.record(context.redis_client(), service_id,
-                              (time.perf_counter() - started) * 1000, ok, inference_ms)
+        _send(g.service, kwargs={"reply_to": reply_to}, ignore_result=True, expires=timeout)
+        sent = time.perf_counter()
+        outcome: dict[str, Any] = {"ok": False, "inference_ms": None}
+        client = context.redis_client()
+
+        @after_this_request
+        def _count(response: Response) -> Response:
+            # counted once the answer has gone out, so monitoring adds nothing to its latency
+            elapsed = (time.perf_counter() - started) * 1000
+            # Server-Timing: where the time went (browsers' developer tools show it)
+            response.headers["Server-Timing"] = ", ".join(
+                f"{name};dur={value:.2f}" for name, value in (
+                    ("auth", (started - g.request_started) * 1000), ("enqueue", (sent - started) * 1000),
+                    ("worker", (done - sent) * 1000 if done else 0.0),
+                    ("model", outcome["inference_ms"] or 0.0)))
+            response.call_on_close(lambda: monitoring.record(
+                client, service_id, elapsed, outcome["ok"], outcome["inference_ms"]))
+            return response
+
+        reply = replies.wait(client, reply_to, timeout)
+        done = time.perf_counter()
+        if reply is None:
+            raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within {timeout:g} s")
+        if "error" in reply:
+            err = reply["error"]
+            raise replies.RemoteError(err["code"], err["message"], reply["status"])
+        answer: dict[str, Any] = reply["result"]
+        outcome.update(ok=True, inference_ms=answer.get("inference_ms"))
+        # the worker's answer is already in the documented shape: pass it on as it came
+        return current_app.response_class(json.dumps(answer), mimetype="application/json")
 
 
 @blp.route("/services/<string:service_id>/predictions")
 class Submit(MethodView):
-    @blp.arguments(ImageFilesSchema, location="files")
+    @blp.doc(requestBody=IMAGE_BODY)
     @blp.response(202, TaskCreatedSchema)
-    def post(self, files: dict[str, Any], service_id: str) -> dict[str, str]:
+    def post(self, service_id: str) -> dict[str, str]:
         """Queue a prediction and answer at once with its task id."""
-        result = _send(g.service, files)
+        result = _send(g.service)
         context.redis_client().set(TASK_KEY.format(task_id=result.id), service_id,
                                    ex=context.settings().result_ttl)
         return {"task_id": result.id}

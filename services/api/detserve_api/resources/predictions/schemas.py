@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from flask_smorest.fields import Upload
 from marshmallow import Schema, fields
-
-
-class ImageFilesSchema(Schema):
-    images = Upload(metadata={"description": "one JPG, JPEG, BMP or PNG image"})
 
 
 class PredictionSchema(Schema):

@@ -1,0 +1,35 @@
+"""Uploaded images wait in Redis under a short-lived key while their task is queued.
+
+The task message then carries only the key: a 600 KB photo inside a Celery message is base64- and
+JSON-encoded by kombu's Redis transport on both sides (about 15 ms on our machines), while raw
+SET/GETDEL of the same bytes costs well under a millisecond each.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import redis
+
+from detserve.errors import InvalidImage
+
+KEEP_SECONDS = 900  # an image whose task is not taken by then is dropped
+
+
+def put(client: redis.Redis, data: bytes) -> str:
+    key = f"detserve:image:{uuid.uuid4().hex}"
+    client.set(key, data, ex=KEEP_SECONDS)
+    return key
+
+
+def take(client: redis.Redis, key: str) -> bytes:
+    """The image's bytes, removed from Redis (each task reads its image once).
+
+    Raises:
+        InvalidImage: the image expired before a worker took the task.
+    """
+    data = client.getdel(key)
+    if data is None:
+        raise InvalidImage(f"the image waited over {KEEP_SECONDS} s for a worker and was dropped; "
+                           "send it again")
+    return bytes(data)

@@ -1,0 +1,50 @@
+"""The fast reader of a prediction's image agrees with werkzeug's parser, and falls back to it."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from flask import Flask, request
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import encode_multipart
+
+from detserve.errors import InvalidImage
+from detserve_api.uploads import _split, image_upload
+
+app = Flask(__name__)
+
+
+def read(body: bytes, content_type: str) -> bytes:
+    with app.test_request_context("/", method="POST", data=body, content_type=content_type):
+        return image_upload(request)
+
+
+def encoded(fields: dict) -> tuple[bytes, str]:
+    boundary, body = encode_multipart(MultiDict(fields))
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("payload", [b"\xff\xd8\xff" + bytes(range(256)) * 900, b"x", b"\r\n--\r\n"])
+def test_fast_path_returns_the_file(payload):
+    body, ctype = encoded({"note": "hi", "images": FileStorage(io.BytesIO(payload), "a.jpg")})
+    boundary = ctype.split("boundary=")[1].encode()
+    assert _split(body, boundary) == payload
+    assert read(body, ctype) == payload
+
+
+def test_missing_field_is_empty():
+    body, ctype = encoded({"other": FileStorage(io.BytesIO(b"abc"), "a.jpg")})
+    assert read(body, ctype) == b""
+
+
+def test_not_multipart_is_refused():
+    with pytest.raises(InvalidImage, match="multipart/form-data"):
+        read(b"\xff\xd8\xff", "image/jpeg")
+
+
+def test_unusual_bodies_fall_back_to_werkzeug():
+    body, ctype = encoded({"images": FileStorage(io.BytesIO(b"data"), "a.jpg")})
+    preamble = b"this is a preamble\r\n" + body
+    assert _split(preamble, ctype.split("boundary=")[1].encode()) is None
+    assert read(preamble, ctype) == b"data"
