@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--models", default="demo-detector,yolov8n-sized")
     args = parser.parse_args()
     from yolov8n import bench_image, build
 
@@ -144,7 +145,10 @@ def main() -> None:
     image = bench_image()
     image_path = CACHE / "bench.jpg"
     image_path.write_bytes(image)
-    models = {"demo-detector": demo_model_bytes(), "yolov8n-sized": build(CACHE, image).read_bytes()}
+    wanted = args.models.split(",")
+    models = {name: load() for name, load in (
+        ("demo-detector", demo_model_bytes),
+        ("yolov8n-sized", lambda: build(CACHE, image).read_bytes())) if name in wanted}
     settings = Settings.from_env(environ={})
     results: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:

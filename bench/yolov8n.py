@@ -180,7 +180,7 @@ def tensor_of(image: bytes) -> torch.Tensor:
     from detserve.processing.image import decode
 
     decoded = decode(image, max_bytes=1 << 30, max_pixels=1 << 30)
-    pixels, _ = resize(decoded.pixels, (SIZE, SIZE), "letterbox")
+    pixels, _ = resize(decoded.image, (SIZE, SIZE), "letterbox")
     return torch.from_numpy(to_tensor(pixels, {"scale": 1 / 255}))
 
 

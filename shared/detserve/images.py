@@ -1,4 +1,5 @@
-"""Uploaded images wait in Redis under a short-lived key while their task is queued.
+"""Uploaded images wait in Redis under a short-lived key while their task is queued
+(taskmessages.publish_prediction stores them).
 
 The task message then carries only the key: a 600 KB photo inside a Celery message is base64- and
 JSON-encoded by kombu's Redis transport on both sides (about 15 ms on our machines), while raw
@@ -7,19 +8,11 @@ SET/GETDEL of the same bytes costs well under a millisecond each.
 
 from __future__ import annotations
 
-import uuid
-
 import redis
 
 from detserve.errors import InvalidImage
 
 KEEP_SECONDS = 900  # an image whose task is not taken by then is dropped
-
-
-def put(client: redis.Redis, data: bytes) -> str:
-    key = f"detserve:image:{uuid.uuid4().hex}"
-    client.set(key, data, ex=KEEP_SECONDS)
-    return key
 
 
 def take(client: redis.Redis, key: str) -> bytes:

@@ -66,7 +66,7 @@ class Detector:
             data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
             target=max(self.size),
         )
-        pixels, geometry = preprocess.resize(decoded.pixels, self.size, self.input["resize"])
+        pixels, geometry = preprocess.resize(decoded.image, self.size, self.input["resize"])
         return Prepared(preprocess.to_tensor(pixels, self.input), geometry, decoded)
 
     def infer_batch(self, prepared: Sequence[Prepared]) -> list[list[np.ndarray]]:

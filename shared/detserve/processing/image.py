@@ -19,12 +19,17 @@ _TRANSPOSED = {5, 6, 7, 8}
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """RGB pixels plus the factor from these pixels to the upright original's pixels."""
+    """An upright RGB image plus the factor from its pixels to the original's pixels."""
 
-    pixels: np.ndarray  # HxWx3 uint8, RGB
+    image: Image.Image  # kept as PIL: resizing from it needs no copy of the full-size pixels
     width: int  # of the upright original
     height: int
     scale: float  # original pixels per decoded pixel (>1 after JPEG draft decoding)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """HxWx3 uint8 RGB."""
+        return np.asarray(self.image)
 
 
 def sniff(data: bytes) -> str | None:
@@ -66,8 +71,7 @@ def decode(
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(f"the {fmt} image is damaged or truncated ({exc}); send a whole "
                            f"{ACCEPTED} file") from exc
-    pixels = np.asarray(rgb)
-    return DecodedImage(pixels=pixels, width=width, height=height, scale=width / pixels.shape[1])
+    return DecodedImage(image=rgb, width=width, height=height, scale=width / rgb.size[0])
 
 
 def inspect(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[str, int, int]:

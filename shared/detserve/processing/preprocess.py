@@ -19,22 +19,31 @@ class Geometry:
     pad_y: float
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int], mode: str) -> tuple[np.ndarray, Geometry]:
-    """Fit HxWx3 pixels into `size` (h, w): letterbox keeps the aspect ratio, stretch does not."""
+# Downscaling by more than this factor first averages whole pixel blocks (Image.reduce), then
+# resamples the rest: far cheaper than a wide bilinear filter over a large photo, as smooth.
+REDUCING_GAP = 3.0
+
+
+def resize(image: Image.Image | np.ndarray, size: tuple[int, int],
+           mode: str) -> tuple[np.ndarray, Geometry]:
+    """Fit an RGB image into `size` (h, w): letterbox keeps the aspect ratio, stretch does not.
+
+    Only the small result becomes a numpy array; the full-size image is never copied.
+    """
+    img = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     in_h, in_w = size
-    h, w = pixels.shape[:2]
+    w, h = img.size
     if mode == "stretch":
-        out = np.asarray(Image.fromarray(pixels).resize((in_w, in_h), Image.BILINEAR))
-        return out, Geometry(in_w / w, in_h / h, 0.0, 0.0)
+        out = img.resize((in_w, in_h), Image.BILINEAR, reducing_gap=REDUCING_GAP)
+        return np.asarray(out), Geometry(in_w / w, in_h / h, 0.0, 0.0)
     gain = min(in_h / h, in_w / w)
     new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
-    resized = pixels if (new_w, new_h) == (w, h) else np.asarray(
-        Image.fromarray(pixels).resize((new_w, new_h), Image.BILINEAR)
-    )
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=REDUCING_GAP)
     pad_x, pad_y = (in_w - new_w) // 2, (in_h - new_h) // 2
-    canvas = np.full((in_h, in_w, 3), 114, dtype=np.uint8)
-    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return canvas, Geometry(new_w / w, new_h / h, float(pad_x), float(pad_y))
+    canvas = Image.new("RGB", (in_w, in_h), (114, 114, 114))
+    canvas.paste(img, (pad_x, pad_y))
+    return np.asarray(canvas), Geometry(new_w / w, new_h / h, float(pad_x), float(pad_y))
 
 
 def to_tensor(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:

@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from celery.result import AsyncResult
-from detserve import images, monitoring, replies
-from detserve import tasknames as names
+from detserve import images, monitoring, replies, taskmessages
 from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
 from detserve.processing.image import inspect
 from detserve.status import RUNNING
@@ -32,7 +31,7 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
                               "description": "one JPG, JPEG, BMP or PNG image"}}}}}}
 
 
-def _send(service: Any, **options: Any) -> AsyncResult:
+def _send(service: Any, *, reply_to: str | None = None, expires: float | None = None) -> str:
     """Check the service and the upload, then queue the prediction on the flavor's queue."""
     if service.status != RUNNING:
         raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
@@ -40,9 +39,9 @@ def _send(service: Any, **options: Any) -> AsyncResult:
     data = image_upload(request)
     settings = context.settings()
     inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    key = images.put(context.redis_client(), data)
-    return context.celery().send_task(names.PREDICT, args=[service.version_id, key],
-                                      queue=service.flavor, **options)
+    return taskmessages.publish_prediction(
+        context.redis_client(), service.flavor, service.version_id, data, images.KEEP_SECONDS,
+        reply_to=reply_to, expires=expires)
 
 
 @blp.route("/services/<string:service_id>/predict")
@@ -56,7 +55,7 @@ class Predict(MethodView):
         reply_to = replies.new_key()
         # No result-backend entry for a sync call: the answer comes back on `reply_to`, and a
         # task still queued when the caller has given up expires instead of running for nobody.
-        _send(g.service, kwargs={"reply_to": reply_to}, ignore_result=True, expires=timeout)
+        _send(g.service, reply_to=reply_to, expires=timeout)
         sent = time.perf_counter()
         outcome: dict[str, Any] = {"ok": False, "inference_ms": None}
         client = context.redis_client()
@@ -94,10 +93,10 @@ class Submit(MethodView):
     @blp.response(202, TaskCreatedSchema)
     def post(self, service_id: str) -> dict[str, str]:
         """Queue a prediction and answer at once with its task id."""
-        result = _send(g.service)
-        context.redis_client().set(TASK_KEY.format(task_id=result.id), service_id,
+        task_id = _send(g.service)
+        context.redis_client().set(TASK_KEY.format(task_id=task_id), service_id,
                                    ex=context.settings().result_ttl)
-        return {"task_id": result.id}
+        return {"task_id": task_id}
 
 
 @blp.route("/predictions/<string:task_id>")
