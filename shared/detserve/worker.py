@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, signals
 
 from detserve import images, replies
 from detserve import tasknames as names
@@ -161,7 +161,15 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         return None
 
     connect_heartbeat(settings, flavor)
+    signals.after_setup_logger.connect(_quiet_per_task_logs, weak=False)
     return state
+
+
+def _quiet_per_task_logs(**_: Any) -> None:
+    # "received" and "succeeded" for every prediction are noise at hundreds a second (Flower
+    # and /metrics show them); deploys, unloads and failures are still logged.
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _listen_for_unloads(redis_url: str, host: ModelHost) -> None:
