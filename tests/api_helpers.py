@@ -6,9 +6,10 @@ import io
 from typing import Any
 
 from flask.testing import FlaskClient
-from support import ADMIN, wait_for
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import TestResponse, encode_multipart
+
+from support import ADMIN, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 

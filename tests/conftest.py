@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import redis
-from detserve.config import Settings
-from detserve.store import Store
 from flask import Flask
 from flask.testing import FlaskClient
+
+from detserve.config import Settings
+from detserve.store import Store
 from support import ADMIN, Proc, free_port, redis_alive, start_component, wait_heartbeat
 
 LOCAL_REDIS = "redis://127.0.0.1:6379"

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import redis
-from detserve.config import Settings
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+
+from detserve.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"

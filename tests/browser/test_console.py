@@ -8,11 +8,12 @@ import os
 import threading
 
 import pytest
+from PIL import Image
+from werkzeug.serving import make_server
+
 from api_helpers import AUTH, predict
 from detserve.demo import build_blob_detector
-from PIL import Image
 from support import ADMIN, ROOT, blobs_image
-from werkzeug.serving import make_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 from api_client import ApiClient
+
 from detserve.synthetic import CLASSES, scene
 from support import Proc, child_env, detserve_cmd, free_port, wait_for
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
 from detserve.demo import demo_model_bytes

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 
 import pytest
+
 from api_helpers import AUTH, deploy, predict, upload, wait_status
 from conftest import Stack, make_settings
 from detserve import tasknames as names

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from api_helpers import AUTH, predict, upload
 from onnx import TensorProto
+
+from api_helpers import AUTH, predict, upload
 from support import constant_model, image_bytes, yolo_v8_output
 
 

@@ -7,10 +7,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from api_helpers import predict, running_service
 from detserve.demo import demo_model_bytes
 from detserve.synthetic import CLASSES, iou, scene
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

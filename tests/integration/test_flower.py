@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import requests
+
 from support import ADMIN, free_port, start_component, wait_for
 
 

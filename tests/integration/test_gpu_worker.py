@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import redis
+
 from api_helpers import AUTH, predict, upload, wait_status
 from detserve import heartbeats
 from support import (

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 
 import pytest
+from PIL import Image
+
 from api_helpers import AUTH, predict, running_service
 from conftest import as_config
 from detserve.demo import build_blob_detector
-from PIL import Image
 from support import blobs_image, image_bytes, wait_for
 
 
@@ -118,6 +119,7 @@ def test_monitoring_counts_requests(client, service):
 
 def test_no_worker_answer_is_504(stack, client):
     import redis
+
     from detserve import heartbeats, status
     from detserve_api import create_app
     from support import image_bytes as img

@@ -8,10 +8,11 @@ import re
 import zipfile
 
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+
 from api_helpers import AUTH, deploy, upload
 from conftest import as_config
 from detserve.demo import build_blob_detector
-from onnx import TensorProto, helper, numpy_helper
 
 DEMO = build_blob_detector().SerializeToString()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from detserve.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

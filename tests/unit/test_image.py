@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from detserve.errors import ImageTooLarge, InvalidImage
 from detserve.processing.image import decode, inspect
-from PIL import Image
 from support import image_bytes
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from detserve.processing.postprocess import match_outputs, nms, to_image
 from detserve.processing.preprocess import Geometry, resize
 

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import create_engine, select, text
+
 from detserve import status
 from detserve.errors import StaleTransition
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
-from sqlalchemy import create_engine, select, text
 
 PG_URL = os.environ.get("DETSERVE_TEST_POSTGRES_URL")
 

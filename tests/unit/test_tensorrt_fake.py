@@ -7,9 +7,10 @@ import inspect
 import sys
 from dataclasses import replace
 
-import fakes
 import numpy as np
 import pytest
+
+import fakes
 from detserve.artifacts import ArtifactStore
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings

@@ -7,6 +7,9 @@ from typing import Any
 
 import redis
 from celery import Celery
+from flask import Flask
+from flask_smorest import Api
+
 from detserve import __version__
 from detserve.artifacts import ArtifactStore
 from detserve.bus import CeleryBus
@@ -14,9 +17,6 @@ from detserve.celery_app import make_celery
 from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime
 from detserve.store import Store
-from flask import Flask
-from flask_smorest import Api
-
 from detserve_api import auth, console, errors
 from detserve_api.resources import register_blueprints
 

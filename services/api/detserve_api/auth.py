@@ -11,12 +11,12 @@ from __future__ import annotations
 import hmac
 import time
 
-from detserve.deployments import hash_key
-from detserve.errors import Forbidden, NotFound, Unauthorized
-from detserve.store import Service
 from flask import Flask, g, request
 from sqlalchemy import select
 
+from detserve.deployments import hash_key
+from detserve.errors import Forbidden, NotFound, Unauthorized
+from detserve.store import Service
 from detserve_api import context
 
 # what the prediction routes need of a service, read in one small query per request

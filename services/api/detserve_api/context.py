@@ -6,10 +6,11 @@ from typing import Any
 
 import redis
 from celery import Celery
+from flask import current_app
+
 from detserve import heartbeats
 from detserve.config import Settings
 from detserve.deployments import Runtime
-from flask import current_app
 
 
 def _ext() -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from detserve.errors import DetserveError
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
+
+from detserve.errors import DetserveError
 
 log = logging.getLogger("detserve.api")
 

@@ -7,10 +7,11 @@ which matters on the hot path. Anything unusual falls back to werkzeug's parser.
 
 from __future__ import annotations
 
-from detserve.errors import InvalidImage
-from detserve.processing.image import ACCEPTED
 from flask import Request
 from werkzeug.http import parse_options_header
+
+from detserve.errors import InvalidImage
+from detserve.processing.image import ACCEPTED
 
 FIELD = "images"
 

@@ -6,11 +6,11 @@ Run with `detserve scheduler` (celery -A detserve_scheduler worker -B -Q schedul
 from __future__ import annotations
 
 from celery import Celery
+
 from detserve import tasknames as names
 from detserve.celery_app import make_celery
 from detserve.config import Settings
 from detserve.heartbeats import connect_heartbeat
-
 from detserve_scheduler.tasks import register_scheduler_tasks
 
 

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from celery import Celery
+
 from detserve import deployments
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore

@@ -6,6 +6,7 @@ Run with `detserve worker --flavor cpu` (celery -A detserve_worker_cpu worker -Q
 from __future__ import annotations
 
 from celery import Celery
+
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.celery_app import make_celery
 from detserve.config import Settings

@@ -7,6 +7,7 @@ refuses to start without a usable GPU and TensorRT.
 from __future__ import annotations
 
 from celery import Celery
+
 from detserve.celery_app import make_celery
 from detserve.config import Settings
 from detserve.errors import MissingDependencyError

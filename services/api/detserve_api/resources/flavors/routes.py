@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from detserve.tasknames import FLAVORS
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from detserve.tasknames import FLAVORS
 from detserve_api import context
 
 blp = Blueprint("flavors", __name__, url_prefix="/v1/flavors", description="Resource flavors")

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from detserve import monitoring
-from detserve.errors import Unavailable
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from detserve import monitoring
+from detserve.errors import Unavailable
 from detserve_api import context
 
 blp = Blueprint("health", __name__, url_prefix="", description="Health and metrics")

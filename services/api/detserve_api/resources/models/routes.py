@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from detserve import deployments
-from detserve.errors import NotFound
-from detserve.store import ModelVersion
 from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
+from detserve import deployments
+from detserve.errors import NotFound
+from detserve.store import ModelVersion
 from detserve_api import context
 from detserve_api.resources.models.schemas import (
     ModelListSchema,

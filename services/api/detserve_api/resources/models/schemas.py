@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from detserve.status import VERSION_STATUSES
 from flask_smorest.fields import Upload
 from marshmallow import Schema, fields, validate
+
+from detserve.status import VERSION_STATUSES
 
 
 class VersionSchema(Schema):

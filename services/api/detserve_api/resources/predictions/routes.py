@@ -7,14 +7,14 @@ import time
 from typing import Any
 
 from celery.result import AsyncResult
-from detserve import images, monitoring, replies, taskmessages
-from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
-from detserve.processing.image import inspect
-from detserve.status import RUNNING
 from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from detserve import images, monitoring, replies, taskmessages
+from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
+from detserve.processing.image import inspect
+from detserve.status import RUNNING
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.resources.predictions.schemas import (

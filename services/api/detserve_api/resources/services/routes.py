@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from detserve import deployments, monitoring
-from detserve.errors import FlavorUnavailable
-from detserve.status import STOPPED
-from detserve.store import Service
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
+from detserve import deployments, monitoring
+from detserve.errors import FlavorUnavailable
+from detserve.status import STOPPED
+from detserve.store import Service
 from detserve_api import context
 from detserve_api.resources.services.schemas import (
     DeployArgsSchema,

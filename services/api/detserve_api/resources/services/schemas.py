@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from detserve.tasknames import FLAVORS
 from marshmallow import Schema, fields, validate
+
+from detserve.tasknames import FLAVORS
 
 AUTO_STOP_PRESETS = (1, 2, 4, 6)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from flask import url_for
+
 from detserve.config import Settings
 from detserve.status import RUNNING
 from detserve.store import Service, utcnow
-from flask import url_for
 
 
 def iso(value: datetime | None) -> str | None:

@@ -7,6 +7,7 @@ Create Date: 2026-11-27
 
 import sqlalchemy as sa
 from alembic import op
+
 from detserve.store.tables import UTCDateTime
 
 revision = "0001"
