@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from api_helpers import AUTH, deploy, predict, running_service, upload, wait_status
 from detserve.demo import build_blob_detector
-from support import blobs_image, failing_model
+from detserve.store import Service
+from support import blobs_image, failing_model, wait_for
 
 
 def test_lifecycle_with_events(client):
@@ -32,6 +35,16 @@ def test_lifecycle_with_events(client):
         ("Stopped", "Deploying", "user"),
         ("Deploying", "Running", "deployed"),
     ]
+
+
+def test_stopping_drops_the_model_from_worker_memory(client, stack):
+    svc = running_service(client, "unload-me", build_blob_detector().SerializeToString())
+    version_id = stack.store.first(select(Service.version_id).where(Service.id == svc["id"]))[0]
+    worker = stack.procs["worker-cpu"]
+    assert f"unloaded model version {version_id}\n" not in worker.tail(100_000)
+    client.post(f"/v1/services/{svc['id']}/stop", headers=AUTH)
+    wait_for(lambda: f"unloaded model version {version_id}\n" in worker.tail(100_000), 10,
+             what="the worker to unload the model")
 
 
 def test_predict_goes_through_the_worker(client):
