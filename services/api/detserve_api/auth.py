@@ -12,7 +12,7 @@ import hmac
 import time
 
 from flask import Flask, g, request
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from detserve.deployments import hash_key
 from detserve.errors import Forbidden, NotFound, Unauthorized
@@ -20,7 +20,8 @@ from detserve.store import Service
 from detserve_api import context
 
 # what the prediction routes need of a service, read in one small query per request
-HOT_COLUMNS = (Service.id, Service.status, Service.flavor, Service.version_id, Service.key_hash)
+HOT_QUERY = select(Service.id, Service.status, Service.flavor, Service.version_id,
+                   Service.key_hash).where(Service.id == bindparam("id"))  # built once
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
 PREDICTION_BLUEPRINT = "predictions"
 TASK_KEY = "detserve:task:{task_id}"
@@ -76,13 +77,13 @@ def _check_service_access() -> None:
     if not g.is_admin and not key:
         raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
     if g.is_admin:
-        g.service = context.runtime().store.first(select(*HOT_COLUMNS).where(Service.id == service_id))
+        g.service = context.runtime().store.first(HOT_QUERY, {"id": service_id})
         if g.service is None:
             raise NotFound(f"no service {service_id!r}")
         return
     digest = hash_key(key)
     store = context.runtime().store
-    service = store.first(select(*HOT_COLUMNS).where(Service.id == service_id))  # one query
+    service = store.first(HOT_QUERY, {"id": service_id})  # one small query
     if service is not None and hmac.compare_digest(service.key_hash, digest):
         g.service = service
         return

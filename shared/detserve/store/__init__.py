@@ -37,10 +37,10 @@ class Store:
         with factory() as session, session.begin():
             yield session
 
-    def first(self, statement: Any) -> Any:
+    def first(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """One row of a read-only Core statement, without an ORM session (the hot path)."""
         with self._read_engine.connect() as conn:
-            return conn.execute(statement).first()
+            return conn.execute(statement, params or {}).first()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
