@@ -19,7 +19,7 @@ from typing import IO, Any
 import redis
 import requests
 
-from detserve import deployments, heartbeats
+from detserve import deployments, heartbeats, versions
 from detserve.artifacts import ArtifactStore
 from detserve.bus import CeleryBus
 from detserve.celery_app import make_celery
@@ -214,7 +214,7 @@ def register_demo(rt: deployments.Runtime, settings: Settings) -> None:
     with rt.store.session(readonly=True) as session:
         if session.scalar(select(func.count()).select_from(ModelVersion)):
             return
-    version = deployments.register_version(rt, DEMO_NAME, demo_model_bytes(), None, "Successful",
+    version = versions.register_version(rt, DEMO_NAME, demo_model_bytes(), None, "Successful",
                                            max_bytes=settings.max_model_bytes)
     log.info("registered the demo model %s v%d", version.model, version.version)
 

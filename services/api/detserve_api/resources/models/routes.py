@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from detserve import deployments
+from detserve import versions
 from detserve.errors import NotFound
 from detserve.store import ModelVersion
 from detserve_api import context
@@ -50,7 +50,7 @@ class Versions(MethodView):
             data = upload.read()
         finally:
             upload.close()  # large uploads are spooled to a temporary file
-        return deployments.register_version(
+        return versions.register_version(
             context.runtime(), name, data, form["config"], form["status"],
             max_bytes=context.settings().max_model_bytes,
         )
@@ -69,12 +69,12 @@ class Version(MethodView):
     @blp.response(200, VersionSchema)
     def get(self, name: str, version: int) -> ModelVersion:
         """Get one version."""
-        return deployments.get_version(context.runtime(), name, version)
+        return versions.get_version(context.runtime(), name, version)
 
     @blp.response(204)
     def delete(self, name: str, version: int) -> None:
         """Delete a version that no live service uses."""
-        deployments.delete_version(context.runtime(), name, version)
+        versions.delete_version(context.runtime(), name, version)
 
 
 @blp.route("/artifacts/<string:sha256>")

@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
-from detserve import deployments, monitoring
+from detserve import deployments, monitoring, versions
 from detserve.errors import FlavorUnavailable
 from detserve.status import STOPPED
 from detserve.store import Service
@@ -38,7 +38,7 @@ class Services(MethodView):
     def post(self, args: dict[str, Any]) -> dict[str, Any]:
         """Deploy a Successful model version as a service (answers in Deploying)."""
         rt = context.runtime()
-        version = deployments.get_version(rt, args["model"], args["version"])
+        version = versions.get_version(rt, args["model"], args["version"])
         if not context.flavor_available(args["flavor"]):
             raise FlavorUnavailable(
                 f"no {args['flavor']} worker is alive; start one (detserve worker --flavor "
