@@ -24,10 +24,12 @@ up: $(STAMP)
 
 test: $(DEV)
 	$(PY) -m ruff check shared services tests tools bench
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(DEV)
-	$(PY) -m ruff check shared services tests
+	$(PY) -m ruff check shared services tests tools bench
+	$(PY) -m mypy
 
 # needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model
 bench: $(DEV)

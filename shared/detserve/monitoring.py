@@ -78,7 +78,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def prometheus(client: redis.Redis) -> str:
     """Prometheus text exposition of every service's totals."""
-    ids = sorted(x.decode() for x in client.smembers("detserve:metrics:services"))
+    ids = sorted(_text(x) for x in client.smembers("detserve:metrics:services"))
     pipe = client.pipeline(transaction=False)
     for sid in ids:
         pipe.hgetall(f"detserve:metrics:{sid}")
@@ -95,9 +95,9 @@ def prometheus(client: redis.Redis) -> str:
     ]
     for sid, r in rows.items():
         cumulative = 0
-        for b in (*BUCKETS_MS, "inf"):
+        for b in (*(str(ms) for ms in BUCKETS_MS), "inf"):
             cumulative += int(r.get(f"le_{b}".encode(), 0))
-            le = "+Inf" if b == "inf" else f"{b / 1000:g}"
+            le = "+Inf" if b == "inf" else f"{int(b) / 1000:g}"
             lines.append(f'detserve_request_latency_seconds_bucket{{service="{sid}",le="{le}"}} {cumulative}')
         lines.append(f'detserve_request_latency_seconds_sum{{service="{sid}"}} '
                      f'{float(r.get(b"latency_sum_ms", 0)) / 1000:.6f}')
@@ -110,3 +110,7 @@ def prometheus(client: redis.Redis) -> str:
         count = int(r.get(b"inference_count", 0))
         lines.append(f'detserve_inference_seconds_count{{service="{sid}"}} {count}')
     return "\n".join(lines) + "\n"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

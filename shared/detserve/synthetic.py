@@ -46,7 +46,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
 
 
 def _contrasting(rng: np.random.Generator, img: Image.Image, box: list[int]) -> tuple[int, int, int]:
-    patch = np.asarray(img.crop(box)).reshape(-1, 3).mean(axis=0)
+    patch = np.asarray(img.crop((box[0], box[1], box[2], box[3]))).reshape(-1, 3).mean(axis=0)
     for _ in range(20):
         colour = rng.integers(0, 256, 3)
         if np.abs(colour - patch).sum() > 150:

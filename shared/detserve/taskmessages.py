@@ -31,7 +31,7 @@ def predict_message(task_id: str, queue: str, args: list[Any], kwargs: dict[str,
     """The kombu/Redis envelope of a protocol-2 `worker.predict` message."""
     body = json.dumps([args, kwargs, _EMBED]).encode()
     expires_at = (datetime.now(UTC) + timedelta(seconds=expires)).isoformat() if expires else None
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py", "task": names.PREDICT, "id": task_id, "shadow": None, "eta": None,
         "expires": expires_at, "group": None, "group_index": None, "retries": 0,
         "timelimit": [None, None], "root_id": task_id, "parent_id": None,

@@ -69,7 +69,7 @@ def _check_service_access() -> None:
     service_id = args.get("service_id")
     if service_id is None and "task_id" in args:
         raw = context.redis_client().get(TASK_KEY.format(task_id=args["task_id"]))
-        service_id = raw.decode() if raw else None
+        service_id = (raw.decode() if isinstance(raw, bytes) else raw) if raw else None
         if service_id is None:
             _require_some_credentials()
             raise NotFound(f"no prediction task {args['task_id']!r} (unknown or expired)")

@@ -148,7 +148,8 @@ class TensorRTBackend:
             plan = artifacts.get_derived(ENGINE_KIND, key) if artifacts else None
             if plan is None:
                 workspace = (settings.trt_workspace_mb if settings else 1024) * 1024 * 1024
-                plan, _ = build_engine(onnx_bytes, precision, profile, workspace)
+                plan, used = build_engine(onnx_bytes, precision, profile, workspace)
+                log.info("built a %s TensorRT engine (%d bytes), cached as %s", used, len(plan), key[:12])
                 if artifacts:
                     artifacts.put_derived(ENGINE_KIND, key, plan)
             else:

@@ -53,7 +53,7 @@ def decode(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
+            img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = img.size
             orientation = img.getexif().get(0x0112, 1) if fmt == "JPEG" else 1
             if orientation in _TRANSPOSED:

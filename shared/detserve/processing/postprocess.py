@@ -43,11 +43,12 @@ def _match_yolo(outputs: Sequence[tuple[str, Shape]], nc: int | None) -> dict[st
     if not candidates:
         raise ValueError(f"{expected}; the model's outputs are {_describe(outputs)}")
     name, shape = candidates[0]
-    d1, d2 = shape[1], shape[2]
-    fits_v8 = isinstance(d1, int) and d1 > 4 and (nc is None or d1 == 4 + nc)
-    fits_v5 = isinstance(d2, int) and d2 > 5 and (nc is None or d2 == 5 + nc)
+    d1 = shape[1] if isinstance(shape[1], int) else 0  # 0: a symbolic dimension
+    d2 = shape[2] if isinstance(shape[2], int) else 0
+    fits_v8 = d1 > 4 and (nc is None or d1 == 4 + nc)
+    fits_v5 = d2 > 5 and (nc is None or d2 == 5 + nc)
     if fits_v8 and fits_v5:  # ambiguous: anchors outnumber channels in every real export
-        fits_v8 = not isinstance(d2, int) or d2 > d1
+        fits_v8 = d2 > d1
         fits_v5 = not fits_v8
     if fits_v8:
         return {"layout": "v8", "outputs": [name], "num_classes": d1 - 4}

@@ -34,12 +34,12 @@ def resize(image: Image.Image | np.ndarray, size: tuple[int, int],
     in_h, in_w = size
     w, h = img.size
     if mode == "stretch":
-        out = img.resize((in_w, in_h), Image.BILINEAR, reducing_gap=REDUCING_GAP)
+        out = img.resize((in_w, in_h), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
         return np.asarray(out), Geometry(in_w / w, in_h / h, 0.0, 0.0)
     gain = min(in_h / h, in_w / w)
     new_w, new_h = max(1, round(w * gain)), max(1, round(h * gain))
     if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=REDUCING_GAP)
+        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP)
     pad_x, pad_y = (in_w - new_w) // 2, (in_h - new_h) // 2
     canvas = Image.new("RGB", (in_w, in_h), (114, 114, 114))
     canvas.paste(img, (pad_x, pad_y))
