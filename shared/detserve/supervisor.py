@@ -83,6 +83,7 @@ def free_port() -> int:
 def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_port: int) -> int:
     """Run everything until a signal; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s detserve up: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." is noise
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs = settings.data_dir / "logs"
     logs.mkdir(exist_ok=True)
