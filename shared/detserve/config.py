@@ -26,6 +26,7 @@ class Settings:
     api_url: str = ""
     autostop_hour_seconds: float = 3600.0
     sweep_seconds: float = 5.0
+    deploy_timeout: float = 3600.0  # a Deploying service older than this has lost its deploy
     heartbeat_seconds: float = 5.0
     max_model_bytes: int = 500 * MB
     max_image_bytes: int = 20 * MB

@@ -206,6 +206,26 @@ def sweep(rt: Runtime) -> list[str]:
     return [sid for sid, token in due if token and auto_stop(rt, sid, token)]
 
 
+def fail_stuck_deploys(rt: Runtime, timeout: float) -> list[str]:
+    """Deploying for longer than `timeout`: its deploy was lost (a worker died mid-load, the flavor's
+    workers went away). Fail it with a reason, so it never hangs in Deploying; start retries."""
+    cutoff = utcnow() - timedelta(seconds=timeout)
+    with rt.store.session(readonly=True) as session:
+        stuck = session.scalars(select(Service.id).where(
+            Service.status == status.DEPLOYING, Service.updated_at < cutoff)).all()
+    failed = []
+    for sid in stuck:
+        try:
+            status.transition(
+                rt.store, sid, status.DEPLOYING, status.FAILED, reason="deploy_timeout",
+                error=f"no worker finished deploying this service within {timeout:g} s (a worker "
+                      "may have stopped, or none of its flavor is running); start it again")
+            failed.append(sid)
+        except StaleTransition:
+            continue  # it finished meanwhile
+    return failed
+
+
 def recover(rt: Runtime) -> list[str]:
     """After a restart, send every service that should be up back to a worker."""
     with rt.store.session(readonly=True) as session:

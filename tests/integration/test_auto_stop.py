@@ -167,3 +167,28 @@ def test_start_and_stop_are_idempotent(fast):
 
 def test_scheduler_queue_is_separate(fast):
     assert fast.app.extensions["celery"].amqp.router.route({}, names.STOP)["queue"].name == "scheduler"
+
+
+def test_a_lost_deploy_ends_failed_not_stuck(tmp_path_factory, redis_base):
+    # given a stack whose deploys time out after 2 s, and a gpu service no gpu worker will take
+    import redis as redis_lib
+
+    from detserve import heartbeats
+
+    settings = make_settings(tmp_path_factory.mktemp("stuck"), redis_base, deploy_timeout=2.0,
+                             sweep_seconds=SWEEP)
+    stack = Stack(settings)
+    try:
+        client = stack.app.test_client()
+        upload(client, "stuck", build_blob_detector().SerializeToString())
+        r = redis_lib.Redis.from_url(settings.redis_url)
+        heartbeats.beat(r, "gpu", "gpu@vanished")
+        created = client.post("/v1/services", json={"model": "stuck", "version": 1, "flavor": "gpu"},
+                              headers=AUTH)
+        heartbeats.forget(r, "gpu", "gpu@vanished")
+        # then the sweep fails it with a reason the user can act on
+        failed = wait_status(client, created.json["id"], "Failed", timeout=2.0 + SWEEP + 10)
+        assert "start it again" in failed["error"]
+        assert events(client, created.json["id"])[-1]["reason"] == "deploy_timeout"
+    finally:
+        stack.close()

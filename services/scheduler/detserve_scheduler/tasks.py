@@ -42,3 +42,6 @@ def register_scheduler_tasks(app: Celery, settings: Settings) -> None:
         stopped = deployments.sweep(runtime())
         if stopped:
             log.info("sweep auto stopped %s", ", ".join(stopped))
+        failed = deployments.fail_stuck_deploys(runtime(), settings.deploy_timeout)
+        if failed:
+            log.warning("deploys that never finished, now Failed: %s", ", ".join(failed))
