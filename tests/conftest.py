@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from detserve.config import Settings
 from detserve.store import Store
@@ -123,6 +125,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_base: str) -> Iterator
     s = Stack(settings)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module")
+def live_url(stack: Stack) -> Iterator[str]:
+    """The stack's API served over real HTTP (for a browser, or a worker fetching artifacts)."""
+    server = make_server("127.0.0.1", 0, stack.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
 
 
 @pytest.fixture()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 
 import pytest
 from PIL import Image
-from werkzeug.serving import make_server
 
 from api_helpers import AUTH, predict
 from detserve.demo import build_blob_detector
@@ -20,16 +18,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)")
-
-
-@pytest.fixture(scope="module")
-def base_url(stack):
-    server = make_server("127.0.0.1", 0, stack.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +33,10 @@ def browser():
 
 
 @pytest.fixture()
-def page(browser, base_url):
+def page(browser, live_url):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
-    pg.goto(base_url + "/")
+    pg.goto(live_url + "/")
     yield pg
     context.close()
 

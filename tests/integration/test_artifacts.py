@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
-from werkzeug.serving import make_server
 
 from api_helpers import AUTH, upload
 from detserve.artifacts import ArtifactStore
@@ -14,27 +11,17 @@ from detserve.errors import ModelLoadError
 from support import ADMIN
 
 
-@pytest.fixture()
-def api_url(stack):
-    server = make_server("127.0.0.1", 0, stack.app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join()
-
-
-def test_fetch_by_hash_from_the_api(client, api_url, tmp_path):
+def test_fetch_by_hash_from_the_api(client, live_url, tmp_path):
     version = upload(client, "fetched", build_blob_detector().SerializeToString()).json
-    remote = ArtifactStore(tmp_path / "worker-cache", api_url=api_url, token=ADMIN)
+    remote = ArtifactStore(tmp_path / "worker-cache", api_url=live_url, token=ADMIN)
     data = remote.get(version["sha256"])
     assert len(data) == version["size_bytes"]
     assert remote.exists(version["sha256"])  # cached locally for the next load
 
 
-def test_unknown_or_unauthorised_fetches_fail_clearly(client, api_url, tmp_path):
+def test_unknown_or_unauthorised_fetches_fail_clearly(client, live_url, tmp_path):
     assert client.get("/v1/artifacts/" + "0" * 64, headers=AUTH).status_code == 404
     assert client.get("/v1/artifacts/" + "0" * 64).status_code == 401
-    remote = ArtifactStore(tmp_path / "cache", api_url=api_url, token="wrong")
+    remote = ArtifactStore(tmp_path / "cache", api_url=live_url, token="wrong")
     with pytest.raises(ModelLoadError, match="could not fetch artifact"):
         remote.get("1" * 64)
