@@ -34,11 +34,7 @@ class ArtifactStore:
         digest = sha256_of(data)
         target = self.path(digest)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, target)  # atomic: a reader never sees half a file
+            _write_atomically(target, data)
         return digest
 
     def exists(self, sha256: str) -> bool:
@@ -77,11 +73,7 @@ class ArtifactStore:
 
     def put_derived(self, kind: str, key: str, data: bytes) -> Path:
         target = self.derived_path(kind, key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
+        _write_atomically(target, data)
         return target
 
     def get_derived(self, kind: str, key: str) -> bytes | None:
@@ -90,3 +82,12 @@ class ArtifactStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """A reader (another worker, another process) never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, target)

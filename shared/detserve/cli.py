@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from detserve.config import Settings
+from detserve.config import Settings, admin_token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +89,6 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
                 "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", "INFO"]
     if args.command == "flower":
         user = os.environ.get("DETSERVE_FLOWER_USER", "admin")
-        from detserve.config import admin_token
-
         return [py, "-m", "celery", "--broker", settings.redis_url, "flower",
                 f"--address={args.address}", f"--port={args.port}",
                 f"--basic-auth={user}:{admin_token(settings)}"]

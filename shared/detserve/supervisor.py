@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import redis
 import requests
+from sqlalchemy import func, select
 
 from detserve import deployments, heartbeats, versions
 from detserve.artifacts import ArtifactStore
@@ -26,7 +27,7 @@ from detserve.celery_app import make_celery
 from detserve.cli import _gpu_problem, component_command
 from detserve.config import Settings, admin_token
 from detserve.demo import DEMO_NAME, demo_model_bytes
-from detserve.store import Store
+from detserve.store import ModelVersion, Store
 
 log = logging.getLogger("detserve.up")
 STOP_GRACE = 15.0
@@ -208,10 +209,6 @@ def _api_ready(url: str) -> bool:
 
 def register_demo(rt: deployments.Runtime, settings: Settings) -> None:
     """On first start (no models at all), register the demo model so one can deploy at once."""
-    from sqlalchemy import func, select
-
-    from detserve.store import ModelVersion
-
     with rt.store.session(readonly=True) as session:
         if session.scalar(select(func.count()).select_from(ModelVersion)):
             return

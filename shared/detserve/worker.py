@@ -98,9 +98,6 @@ class ModelHost:
             detector.backend.close()
         return detector is not None
 
-    def __contains__(self, version_id: int) -> bool:
-        return version_id in self._models
-
 
 class WorkerState:
     """Per-process state, built lazily in the process that uses it (never before fork)."""

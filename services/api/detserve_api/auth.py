@@ -22,6 +22,7 @@ from detserve_api import context
 # what the prediction routes need of a service, read in one small query per request
 HOT_QUERY = select(Service.id, Service.status, Service.flavor, Service.version_id,
                    Service.key_hash).where(Service.id == bindparam("id"))  # built once
+KEY_OWNER_QUERY = select(Service.id).where(Service.key_hash == bindparam("key_hash"))
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
 PREDICTION_BLUEPRINT = "predictions"
 TASK_KEY = "detserve:task:{task_id}"
@@ -66,41 +67,28 @@ def _is_admin() -> bool:
 
 def _check_service_access() -> None:
     args = request.view_args or {}
-    service_id = args.get("service_id")
-    if service_id is None and "task_id" in args:
-        raw = context.redis_client().get(TASK_KEY.format(task_id=args["task_id"]))
-        service_id = (raw.decode() if isinstance(raw, bytes) else raw) if raw else None
-        if service_id is None:
-            _require_some_credentials()
-            raise NotFound(f"no prediction task {args['task_id']!r} (unknown or expired)")
+    service_id = args.get("service_id") or _task_service(args.get("task_id"))
     key = request.headers.get("X-Service-Key", "")
     if not g.is_admin and not key:
         raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
-    if g.is_admin:
-        g.service = context.runtime().store.first(HOT_QUERY, {"id": service_id})
-        if g.service is None:
-            raise NotFound(f"no service {service_id!r}")
-        return
-    digest = hash_key(key)
     store = context.runtime().store
-    service = store.first(HOT_QUERY, {"id": service_id})  # one small query
-    if service is not None and hmac.compare_digest(service.key_hash, digest):
-        g.service = service
-        return
-    owner = store.first(select(Service.id).where(Service.key_hash == digest))
-    if owner is None:
-        raise Unauthorized("the service key is not valid (it may have been rotated)")
+    service = store.first(HOT_QUERY, {"id": service_id}) if service_id else None  # one query
+    if not g.is_admin:
+        digest = hash_key(key)
+        if service is None or not hmac.compare_digest(service.key_hash, digest):
+            if store.first(KEY_OWNER_QUERY, {"key_hash": digest}) is None:
+                raise Unauthorized("the service key is not valid (it may have been rotated)")
+            if service is not None:
+                raise Forbidden("this key belongs to another service")
     if service is None:
-        raise NotFound(f"no service {service_id!r}")
-    raise Forbidden("this key belongs to another service")
+        raise NotFound(f"no service {service_id!r}" if service_id else
+                       f"no prediction task {args.get('task_id')!r} (unknown or expired)")
+    g.service = service
 
 
-def _require_some_credentials() -> None:
-    if g.is_admin:
-        return
-    key = request.headers.get("X-Service-Key", "")
-    if not key:
-        raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
-    with context.runtime().store.session(readonly=True) as session:
-        if session.scalar(select(Service.id).where(Service.key_hash == hash_key(key))) is None:
-            raise Unauthorized("the service key is not valid (it may have been rotated)")
+def _task_service(task_id: str | None) -> str | None:
+    """The service a prediction task belongs to (None: unknown or expired task)."""
+    if task_id is None:
+        return None
+    raw = context.redis_client().get(TASK_KEY.format(task_id=task_id))
+    return raw.decode() if isinstance(raw, bytes) else raw

@@ -10,7 +10,6 @@ from celery import Celery
 
 from detserve.celery_app import make_celery
 from detserve.config import Settings
-from detserve.errors import MissingDependencyError
 from detserve.worker import register_worker_tasks
 
 
@@ -31,13 +30,6 @@ def gpu_problem() -> str | None:
     except Exception as exc:  # the driver raises its own error types
         return f"the CUDA driver is not usable: {exc}"
     return None
-
-
-def require_gpu() -> None:
-    """Raises MissingDependencyError when this machine cannot run a GPU worker."""
-    problem = gpu_problem()
-    if problem:
-        raise MissingDependencyError(f"cannot start a GPU worker: {problem}")
 
 
 def make_worker(settings: Settings) -> Celery:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from detserve import deployments, monitoring, versions
 from detserve.errors import FlavorUnavailable
-from detserve.status import STOPPED
+from detserve.status import ACTIVE, STOPPED
 from detserve.store import Service
 from detserve_api import context
 from detserve_api.resources.services.schemas import (
@@ -94,7 +94,7 @@ class Start(MethodView):
     def post(self, service_id: str) -> dict[str, Any]:
         """Start a Stopped or Failed service again; auto stop is armed once it runs."""
         service = deployments.get_service(context.runtime(), service_id)
-        if service.status not in ("Deploying", "Running") and not context.flavor_available(service.flavor):
+        if service.status not in ACTIVE and not context.flavor_available(service.flavor):
             raise FlavorUnavailable(f"no {service.flavor} worker is alive to start this service on")
         deployments.start(context.runtime(), service_id)
         return _view(service_id)
