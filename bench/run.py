@@ -5,6 +5,8 @@ demo detector and a YOLOv8n-sized model, then for concurrency 1, 4 and 16 measur
   route    wrk (C, one thread) POSTing the bench image to /v1/services/{id}/predict
   ceiling  detserve's Detector called in this process with the workers' layout: a pool of
            `worker_concurrency` threads, ONNX Runtime with `ort_threads` intra-op threads each
+  paired   (c=1 only) one request, then the same image in-process, alternating; the median of
+           the differences is the latency the route adds, whatever the machine's speed drifts
 Each figure is the median of --reps runs; the ratio is route images/s over ceiling images/s.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import http.client
 import json
 import os
 import platform
@@ -24,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -128,6 +132,39 @@ def run_ceiling(detector: Detector, image: bytes, concurrency: int, seconds: flo
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
+def run_paired(url: str, key: str, detector: Detector, image: bytes, seconds: float) -> dict[str, float]:
+    """c=1 overhead, robust to a machine whose speed drifts: one request over HTTP, then the same
+    image in-process, again and again; the median of the per-pair differences is what the route
+    adds. Both halves of a pair run within milliseconds of each other, so a slow patch of the
+    host (on our shared 2-core machines in-process p50 drifts by 5 ms between 8 s runs) slows both.
+    The client is Python (http.client, keep-alive), so its own cost counts against the route."""
+    parsed = urlsplit(url)
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"bench.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{BOUNDARY}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "X-Service-Key": key}
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    route, local, added = [], [], []
+    stop_at = time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            conn.request("POST", parsed.path, body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise SystemExit(f"the route answered {resp.status}")
+            t1 = time.perf_counter()
+            detector.infer(image)
+            t2 = time.perf_counter()
+            route.append((t1 - t0) * 1000)
+            local.append((t2 - t1) * 1000)
+            added.append(route[-1] - local[-1])
+    finally:
+        conn.close()
+    return {"route_p50_ms": statistics.median(route), "ceiling_p50_ms": statistics.median(local),
+            "added_p50_ms": statistics.median(added), "pairs": len(added)}
+
+
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -178,6 +215,13 @@ def main() -> None:
                                                    settings.worker_concurrency))
                     results[name][c] = {"route": median_of(route), "ceiling": median_of(ceiling)}
                     report(name, c, results[name][c])
+                    if c == 1:
+                        paired = run_paired(url, key, detector, image, args.seconds * args.reps)
+                        results[name][c]["paired"] = paired
+                        print(f"{name:14} c=1   paired: route p50 {paired['route_p50_ms']:.1f} ms, "
+                              f"in-process p50 {paired['ceiling_p50_ms']:.1f} ms, added p50 "
+                              f"+{paired['added_p50_ms']:.1f} ms over {paired['pairs']} pairs",
+                              flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import queue
+import threading
 import time
 from typing import Any
 
@@ -10,6 +14,8 @@ import redis
 WINDOW_MINUTES = 60
 KEEP_SECONDS = 2 * 3600
 MAX_SAMPLES = 2000  # latencies kept per service-minute for percentiles
+log = logging.getLogger("detserve.monitoring")
+
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
@@ -20,11 +26,16 @@ def _minute(ts: float) -> int:
 def record(client: redis.Redis, service_id: str, latency_ms: float, ok: bool,
            inference_ms: float | None = None, now: float | None = None) -> None:
     """Count one prediction request (pipelined: one round trip)."""
-    ts = now if now is not None else time.time()
+    pipe = client.pipeline(transaction=False)
+    _count(pipe, service_id, latency_ms, ok, inference_ms, now if now is not None else time.time())
+    pipe.execute()
+
+
+def _count(pipe: Any, service_id: str, latency_ms: float, ok: bool, inference_ms: float | None,
+           ts: float) -> None:
     minute = _minute(ts)
     stats, lat = f"detserve:mon:{service_id}:{minute}", f"detserve:lat:{service_id}:{minute}"
     total = f"detserve:metrics:{service_id}"
-    pipe = client.pipeline(transaction=False)
     pipe.hincrby(stats, "requests", 1)
     pipe.hincrby(total, "requests", 1)
     if not ok:
@@ -41,7 +52,51 @@ def record(client: redis.Redis, service_id: str, latency_ms: float, ok: bool,
         pipe.hincrbyfloat(total, "inference_sum_ms", inference_ms)
         pipe.hincrby(total, "inference_count", 1)
     pipe.sadd("detserve:metrics:services", service_id)
-    pipe.execute()
+
+
+class Recorder:
+    """Counts requests from a background thread of this process, many per round trip.
+
+    A request only appends to an in-memory queue: the Redis writes (a dozen commands) happen after
+    its answer has gone, and under load one pipeline carries the counts of many requests. The
+    counts are visible in Redis a moment later; a process that dies loses the ones not yet written.
+    """
+
+    BATCH = 200
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._queue: queue.SimpleQueue[tuple[str, float, bool, float | None, float]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pid = -1
+
+    def record(self, service_id: str, latency_ms: float, ok: bool,
+               inference_ms: float | None = None) -> None:
+        if self._pid != os.getpid():  # first use in this process (a gunicorn worker forks)
+            self._start()
+        self._queue.put((service_id, latency_ms, ok, inference_ms, time.time()))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                threading.Thread(target=self._run, name="detserve-monitoring", daemon=True).start()
+                self._pid = os.getpid()
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < self.BATCH:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            pipe = self.client.pipeline(transaction=False)
+            for item in items:
+                _count(pipe, *item)
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("monitoring: %d request counts lost (%s)", len(items), exc)
 
 
 def summary(client: redis.Redis, service_id: str, now: float | None = None) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import logging
 import os
 import signal
@@ -104,7 +105,8 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
             settings = replace(settings, redis_url=redis_child.env["DETSERVE_REDIS_URL"])
             wait_for_redis(settings.redis_url, redis_child)
         settings = replace(settings, admin_token=token,
-                           api_url=settings.api_url or f"http://{_client_host(host)}:{port}")
+                           api_url=settings.api_url or f"http://{_client_host(host)}:{port}",
+                           shm_dir=settings.shm_dir or _shm_dir(settings))
         store = Store(settings.database_url)
         store.migrate()
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -146,6 +148,14 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
         return 0
     finally:
         shutdown(children)
+
+
+def _shm_dir(settings: Settings) -> str:
+    """Every component runs on this machine: sync predictions hand images over in memory."""
+    if not os.path.isdir("/dev/shm"):
+        return ""
+    digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+    return f"/dev/shm/detserve-{digest}"  # one per data dir, so two `detserve up`s never mix
 
 
 def _client_host(host: str) -> str:

@@ -15,7 +15,6 @@ import json
 import os
 import socket
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -26,17 +25,15 @@ ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
-def predict_message(task_id: str, queue: str, args: list[Any], kwargs: dict[str, Any],
-                    expires: float | None, ignore_result: bool | None) -> bytes:
+def predict_message(task_id: str, queue: str, args: list[Any]) -> bytes:
     """The kombu/Redis envelope of a protocol-2 `worker.predict` message."""
-    body = json.dumps([args, kwargs, _EMBED]).encode()
-    expires_at = (datetime.now(UTC) + timedelta(seconds=expires)).isoformat() if expires else None
+    body = json.dumps([args, {}, _EMBED]).encode()
     headers: dict[str, Any] = {
         "lang": "py", "task": names.PREDICT, "id": task_id, "shadow": None, "eta": None,
-        "expires": expires_at, "group": None, "group_index": None, "retries": 0,
+        "expires": None, "group": None, "group_index": None, "retries": 0,
         "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-        "argsrepr": repr(args), "kwargsrepr": repr(kwargs), "origin": ORIGIN,
-        "ignore_result": ignore_result, "replaced_task_nesting": 0, "stamped_headers": None,
+        "argsrepr": repr(args), "kwargsrepr": "{}", "origin": ORIGIN,
+        "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
         "stamps": {},
     }
     properties: dict[str, Any] = {
@@ -44,8 +41,6 @@ def predict_message(task_id: str, queue: str, args: list[Any], kwargs: dict[str,
         "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
         "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
     }
-    if expires:
-        properties["expiration"] = str(int(expires * 1000))
     return json.dumps({
         "body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
         "content-type": "application/json", "headers": headers, "properties": properties,
@@ -53,14 +48,11 @@ def predict_message(task_id: str, queue: str, args: list[Any], kwargs: dict[str,
 
 
 def publish_prediction(client: redis.Redis, queue: str, version_id: int, image: bytes,
-                       image_ttl: int, *, reply_to: str | None = None,
-                       expires: float | None = None) -> str:
+                       image_ttl: int) -> str:
     """Store the image and queue its task in one round trip; returns the task id."""
     task_id = str(uuid.uuid4())
     image_key = f"detserve:image:{task_id}"
-    kwargs = {"reply_to": reply_to} if reply_to else {}
-    message = predict_message(task_id, queue, [version_id, image_key], kwargs, expires,
-                              ignore_result=True if reply_to else None)
+    message = predict_message(task_id, queue, [version_id, image_key])
     pipe = client.pipeline(transaction=False)
     pipe.set(image_key, image, ex=image_ttl)
     pipe.lpush(queue, message)  # kombu's Redis transport: LPUSH to publish, BRPOP to consume

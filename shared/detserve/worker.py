@@ -13,14 +13,15 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from detserve import images, replies
+from detserve import images, synclane
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore
 from detserve.batching import Batcher
 from detserve.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime, complete_deploy
-from detserve.errors import DetserveError, NotFound
+from detserve.errors import NotFound
+from detserve.handoff import Handoff
 from detserve.heartbeats import connect_heartbeat
 from detserve.inference import Detections, Detector, Limits, Prepared
 from detserve.store import ModelVersion, Store
@@ -107,6 +108,16 @@ class WorkerState:
         self._pid = -1
         self._host: ModelHost | None = None
         self._redis: redis.Redis | None = None
+        # sync (lane) and async (Celery) predictions together run at most this many at once
+        self.slots = threading.BoundedSemaphore(settings.worker_concurrency)
+
+    def predict(self, version_id: int, image: bytes) -> dict[str, Any]:
+        """The contract's result for one image, with the worker-side time in `inference_ms`."""
+        with self.slots:
+            started = time.perf_counter()
+            result = self.host.detect(version_id, image).to_dict()
+        result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return result
 
     @property
     def redis(self) -> redis.Redis:
@@ -139,23 +150,33 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         complete_deploy(host.rt, service_id, host.load)
 
     @app.task(name=names.PREDICT)
-    def predict(version_id: int, image_key: str, reply_to: str | None = None) -> dict[str, Any] | None:
-        """Detect objects in the image kept under `image_key`; a sync caller waits on `reply_to`."""
-        started = time.perf_counter()
-        try:
-            result = state.host.detect(version_id, images.take(state.redis, image_key)).to_dict()
-        except Exception as exc:
-            if reply_to is None:
-                raise
-            log.log(logging.INFO if isinstance(exc, DetserveError) else logging.ERROR,
-                    "prediction failed: %s", exc, exc_info=not isinstance(exc, DetserveError))
-            replies.send(state.redis, reply_to, replies.failure(exc))
-            return None
-        result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        if reply_to is None:
-            return result
-        replies.send(state.redis, reply_to, {"result": result})
-        return None
+    def predict(version_id: int, image_key: str) -> dict[str, Any]:
+        """Detect objects in the image kept under `image_key` (async predictions)."""
+        return state.predict(version_id, images.take(state.redis, image_key))
+
+    lane: dict[str, synclane.LaneConsumer] = {}
+
+    @signals.worker_ready.connect(weak=False)
+    def _start_lane(sender: Any = None, **_: Any) -> None:
+        # as many lane threads as pool threads: sync and async predictions share the slots
+        threads = int(getattr(getattr(sender, "controller", None), "concurrency", None)
+                      or settings.worker_concurrency)
+        state.slots = threading.BoundedSemaphore(threads)
+        handoff = Handoff(settings.shm_dir) if settings.shm_dir else None
+        lane["consumer"] = synclane.LaneConsumer(settings.redis_url, flavor, state.predict,
+                                                 threads, handoff)
+        lane["consumer"].start()
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _stop_lane(**_: Any) -> None:
+        if "consumer" in lane:
+            lane["consumer"].stop()  # in the signal handler: only raises a flag
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _drain_lane(**_: Any) -> None:
+        if "consumer" in lane:
+            lane["consumer"].stop()
+            lane["consumer"].join()
 
     connect_heartbeat(settings, flavor)
     signals.after_setup_logger.connect(_quiet_per_task_logs, weak=False)

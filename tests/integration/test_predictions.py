@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from PIL import Image
 
 from api_helpers import AUTH, predict, running_service
 from conftest import as_config
+from detserve import synclane
 from detserve.demo import build_blob_detector
+from detserve_api.auth import HOT_QUERY
 from support import blobs_image, image_bytes, wait_for
 
 
@@ -106,10 +109,14 @@ def test_async_bad_input_is_refused_up_front(client, service):
 
 def test_monitoring_counts_requests(client, service):
     before = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
-    # a WSGI server closes each response once sent; monitoring counts at that moment
-    predict(client, service["id"], GOOD).close()
-    predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700]).close()
-    after = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
+    predict(client, service["id"], GOOD)
+    predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700])
+    # counts are written by a background thread once the answers have gone: wait for them
+    def counted():
+        now = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
+        return now if now["requests"] >= before["requests"] + 2 else None
+
+    after = wait_for(counted, timeout=10, what="the two requests to be counted")
     assert after["requests"] == before["requests"] + 2
     assert after["failures"] == before["failures"] + 1
     assert after["latency_ms"]["p50"] > 0 and len(after["series"]) == 60
@@ -138,4 +145,65 @@ def test_no_worker_answer_is_504(stack, client):
     resp = predict(quick.test_client(), created.json["id"], img())
     assert resp.status_code == 504 and resp.json["error"]["code"] == "prediction_timeout"
     client.post(f"/v1/services/{created.json['id']}/stop", headers=AUTH)
-    r.delete("gpu")  # the unconsumed message would wait for a gpu worker that never comes
+    # and the unconsumed frame does not wait forever for a gpu worker that never comes
+    lane = synclane.KEY.format(flavor="gpu")
+    assert r.llen(lane) == 1 and 0 < r.ttl(lane) <= 61
+    r.delete(lane)
+
+
+def test_sync_predictions_hand_images_over_in_shared_memory(stack, client, service):
+    from detserve.handoff import Handoff
+
+    shm = Handoff(stack.settings.shm_dir)
+    # given the stack's worker, which shares the API's memory directory and says so
+    wait_for(lambda: stack.app.extensions["detserve"]["lanes"]._worker_shares_memory("cpu"),
+             timeout=10, what="the worker to advertise its shared memory")
+    # when a sync prediction is answered, then its image went through memory and is gone from it
+    resp = predict(client, service["id"], GOOD)
+    assert resp.status_code == 200 and set(resp.json["detection_classes"]) == {"red"}
+    assert list(shm.dir.glob("*.img")) == []
+
+
+@pytest.mark.parametrize("shm_dir", ["", "elsewhere"])
+def test_sync_predictions_without_shared_memory_send_the_bytes(stack, service, tmp_path, shm_dir):
+    from detserve_api import create_app
+
+    # given an API with no shared memory, or with a directory no worker shares
+    config = {**as_config(stack.settings), "shm_dir": str(tmp_path / shm_dir) if shm_dir else ""}
+    other = create_app(config, store=stack.store).test_client()
+    # when it predicts, then the worker answers from the bytes in the frame
+    resp = predict(other, service["id"], GOOD)
+    assert resp.status_code == 200 and set(resp.json["detection_classes"]) == {"red"}
+    assert not shm_dir or list((tmp_path / shm_dir).glob("*.img")) == []
+
+
+def _frame(reply_to: str, version_id: int, image: bytes, deadline: float) -> synclane.Frame:
+    return synclane.Frame(version_id, "test", reply_to, deadline, image)
+
+
+def _submit(r, frame: synclane.Frame) -> None:
+    r.lpush(synclane.KEY.format(flavor="cpu"), synclane.encode(frame))
+
+
+def test_lane_drops_stale_and_malformed_frames_and_carries_on(stack, service):
+    import redis
+
+    from detserve import replies
+
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    lane = synclane.KEY.format(flavor="cpu")
+    version_id = stack.store.first(HOT_QUERY, {"id": service["id"]}).version_id
+    stale, good, elsewhere = replies.new_key(), replies.new_key(), replies.new_key()
+    # given a frame whose caller gave up a second ago, one that is not a frame at all, and one
+    # whose image is in shared memory the worker does not have
+    _submit(r, _frame(stale, version_id, GOOD, time.time() - 1))
+    r.lpush(lane, b"not a frame")
+    _submit(r, synclane.Frame(version_id, "test", elsewhere, time.time() + 20, image_name="x.img"))
+    # when a good frame follows them
+    _submit(r, _frame(good, version_id, GOOD, time.time() + 20))
+    # then the good one is answered, the stale one never is, the lost image is reported
+    answer = replies.wait(r, good, 20)
+    assert answer is not None and set(answer["result"]["detection_classes"]) == {"red"}
+    lost = replies.wait(r, elsewhere, 5)
+    assert lost is not None and lost["status"] == 400 and "send it again" in lost["error"]["message"]
+    assert r.exists(stale) == 0 and r.llen(lane) == 0

@@ -10,12 +10,13 @@ from celery import Celery
 from flask import Flask
 from flask_smorest import Api
 
-from detserve import __version__
+from detserve import __version__, monitoring, synclane
 from detserve.artifacts import ArtifactStore
 from detserve.bus import CeleryBus
 from detserve.celery_app import make_celery
 from detserve.config import Settings, admin_token
 from detserve.deployments import Runtime
+from detserve.handoff import Handoff
 from detserve.store import Store
 from detserve_api import auth, console, errors
 from detserve_api.resources import register_blueprints
@@ -40,11 +41,14 @@ def create_app(
         store.migrate()
     celery = celery or make_celery(settings, "detserve-api")
     token = admin_token(settings)
+    client = redis.Redis.from_url(settings.redis_url)  # thread-safe: one pool per process
     app.extensions["detserve"] = {
         "settings": settings,
         "runtime": Runtime(store, ArtifactStore(settings.artifacts_dir), CeleryBus(celery),
                            settings.autostop_hour_seconds),
-        "redis": redis.Redis.from_url(settings.redis_url),
+        "redis": client,
+        "monitor": monitoring.Recorder(client),
+        "lanes": synclane.LaneClient(client, Handoff(settings.shm_dir) if settings.shm_dir else None),
         "admin_token": token,
     }
     app.extensions["celery"] = celery

@@ -8,7 +8,7 @@ import redis
 from celery import Celery
 from flask import current_app
 
-from detserve import heartbeats
+from detserve import heartbeats, monitoring, synclane
 from detserve.config import Settings
 from detserve.deployments import Runtime
 
@@ -27,6 +27,14 @@ def runtime() -> Runtime:
 
 def redis_client() -> redis.Redis:
     return _ext()["redis"]  # type: ignore[no-any-return]
+
+
+def monitor() -> monitoring.Recorder:
+    return _ext()["monitor"]  # type: ignore[no-any-return]
+
+
+def lanes() -> synclane.LaneClient:
+    return _ext()["lanes"]  # type: ignore[no-any-return]
 
 
 def admin_token() -> str:

@@ -11,7 +11,7 @@ from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from detserve import images, monitoring, replies, taskmessages
+from detserve import images, replies, taskmessages
 from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
 from detserve.processing.image import inspect
 from detserve.status import RUNNING
@@ -31,17 +31,15 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
                               "description": "one JPG, JPEG, BMP or PNG image"}}}}}}
 
 
-def _send(service: Any, *, reply_to: str | None = None, expires: float | None = None) -> str:
-    """Check the service and the upload, then queue the prediction on the flavor's queue."""
+def _checked_image(service: Any) -> bytes:
+    """The upload, once the service is Running and the image's header is acceptable."""
     if service.status != RUNNING:
         raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
                                 "for Running before predicting")
     data = image_upload(request)
     settings = context.settings()
     inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    return taskmessages.publish_prediction(
-        context.redis_client(), service.flavor, service.version_id, data, images.KEEP_SECONDS,
-        reply_to=reply_to, expires=expires)
+    return data
 
 
 @blp.route("/services/<string:service_id>/predict")
@@ -52,17 +50,16 @@ class Predict(MethodView):
         """Detect objects in one image and wait for the answer."""
         started = time.perf_counter()
         timeout = context.settings().predict_timeout
-        reply_to = replies.new_key()
-        # No result-backend entry for a sync call: the answer comes back on `reply_to`, and a
-        # task still queued when the caller has given up expires instead of running for nobody.
-        _send(g.service, reply_to=reply_to, expires=timeout)
+        service, client = g.service, context.redis_client()
+        reply_to, lanes = replies.new_key(), context.lanes()
+        # the flavor's sync lane, not a Celery task: nothing but this caller wants the answer
+        frame = lanes.submit(service.flavor, service.version_id, service.id, reply_to,
+                             time.time() + timeout, _checked_image(service))
         sent = time.perf_counter()
         outcome: dict[str, Any] = {"ok": False, "inference_ms": None}
-        client = context.redis_client()
 
         @after_this_request
         def _count(response: Response) -> Response:
-            # counted once the answer has gone out, so monitoring adds nothing to its latency
             elapsed = (time.perf_counter() - started) * 1000
             # Server-Timing: where the time went (browsers' developer tools show it)
             response.headers["Server-Timing"] = ", ".join(
@@ -70,14 +67,15 @@ class Predict(MethodView):
                     ("auth", (started - g.request_started) * 1000), ("enqueue", (sent - started) * 1000),
                     ("worker", (done - sent) * 1000 if done else 0.0),
                     ("model", outcome["inference_ms"] or 0.0)))
-            response.call_on_close(lambda: monitoring.record(
-                client, service_id, elapsed, outcome["ok"], outcome["inference_ms"]))
+            context.monitor().record(service_id, elapsed, outcome["ok"], outcome["inference_ms"])
             return response
 
+        done = 0.0
         reply = replies.wait(client, reply_to, timeout)
         done = time.perf_counter()
         if reply is None:
-            raise PredictionTimeout(f"no answer from a {g.service.flavor} worker within {timeout:g} s")
+            lanes.abandon(frame)
+            raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
         if "error" in reply:
             err = reply["error"]
             raise replies.RemoteError(err["code"], err["message"], reply["status"])
@@ -93,7 +91,9 @@ class Submit(MethodView):
     @blp.response(202, TaskCreatedSchema)
     def post(self, service_id: str) -> dict[str, str]:
         """Queue a prediction and answer at once with its task id."""
-        task_id = _send(g.service)
+        task_id = taskmessages.publish_prediction(
+            context.redis_client(), g.service.flavor, g.service.version_id,
+            _checked_image(g.service), images.KEEP_SECONDS)
         context.redis_client().set(TASK_KEY.format(task_id=task_id), service_id,
                                    ex=context.settings().result_ttl)
         return {"task_id": task_id}

@@ -1,0 +1,221 @@
+"""The sync prediction lane: a waiting caller's image goes to a worker over one Redis list.
+
+A synchronous prediction is only worth something to the caller waiting for it, so Celery's per-task
+machinery buys it nothing: late acks and redelivery (the caller has timed out long before), a
+result-backend entry (the answer goes back on a reply list) or the pool hand-off. On our 2-core
+machines that machinery cost about 2 ms per prediction, and keeping the image under a key of its
+own another SET and GETDEL. Here the API pushes one frame (a JSON header, a newline, the image's
+raw bytes) onto the flavor's lane with one LPUSH; each worker process runs lane threads that
+BRPOP it, run the same ModelHost the Celery tasks use, and push the answer to the caller's reply
+list (replies.py). A frame that waited past the caller's deadline is dropped unanswered. Where the
+API and a worker share a shared-memory directory (handoff.py), the frame carries only the name of
+the image's file there, on a lane of that directory's own.
+
+Asynchronous predictions, deploys and stops stay Celery tasks: they need task ids, stored results,
+retries and Flower.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+
+from detserve import replies
+from detserve.errors import InvalidImage
+from detserve.handoff import Handoff
+
+log = logging.getLogger("detserve.synclane")
+
+KEY = "detserve:lane:{flavor}"  # frames carrying their image; any worker of the flavor takes them
+LOCAL_KEY = "detserve:lane:{flavor}:{shm_id}"  # frames whose image waits in that shared memory
+LOCAL_LANES = "detserve:lanes:{flavor}"  # shm ids with a worker taking frames: id -> last seen
+FORMAT = 1
+IDLE_POLL_SECONDS = 1.0  # how often an idle lane thread looks at its stop flag
+ADVERTISE_SECONDS = 2.0
+SWEEP_SECONDS = 60.0
+ORPHAN_SECONDS = 600.0  # a handed-over image nobody took for this long is removed
+
+
+@dataclass(frozen=True)
+class Frame:
+    version_id: int
+    service_id: str
+    reply_to: str
+    deadline: float  # epoch seconds: after this nobody waits for the answer
+    image: bytes = b""
+    image_name: str | None = None  # set: the image waits in the shared-memory directory
+
+
+def encode(frame: Frame) -> bytes:
+    header = {"format": FORMAT, "version_id": frame.version_id, "service_id": frame.service_id,
+              "reply_to": frame.reply_to, "deadline": frame.deadline,
+              "image_name": frame.image_name}
+    # json.dumps escapes control characters, so the first newline ends the header
+    return json.dumps(header).encode() + b"\n" + frame.image
+
+
+def decode(data: bytes) -> Frame:
+    """Raises ValueError for anything that is not a frame of this format."""
+    head, sep, image = data.partition(b"\n")
+    if not sep:
+        raise ValueError("no header")
+    header = json.loads(head)
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"unknown frame format {header!r:.80}")
+    name = header.get("image_name")
+    return Frame(int(header["version_id"]), str(header["service_id"]), str(header["reply_to"]),
+                 float(header["deadline"]), image, None if name is None else str(name))
+
+
+class LaneClient:
+    """The API's side: queue a frame on the flavor's lane, through shared memory where it can."""
+
+    def __init__(self, client: redis.Redis, handoff: Handoff | None) -> None:
+        self.client, self.handoff = client, handoff
+        self._local: dict[str, tuple[float, bool]] = {}  # flavor -> (checked at, a worker shares)
+
+    def submit(self, flavor: str, version_id: int, service_id: str, reply_to: str,
+               deadline: float, image: bytes) -> Frame:
+        """Queue the image's frame (one round trip); returns the frame sent."""
+        frame = Frame(version_id, service_id, reply_to, deadline, image)
+        key = KEY.format(flavor=flavor)
+        if self.handoff is not None and self._worker_shares_memory(flavor):
+            try:
+                name = self.handoff.put(image)
+            except OSError as exc:  # the tmpfs is full: this one goes the long way
+                log.warning("shared memory handoff failed (%s); sending through Redis", exc)
+            else:
+                frame = Frame(version_id, service_id, reply_to, deadline, image_name=name)
+                key = LOCAL_KEY.format(flavor=flavor, shm_id=self.handoff.id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lpush(key, encode(frame))
+        # with no worker of the flavor running, the frames vanish once their callers have given up
+        pipe.expireat(key, int(deadline) + 60)
+        pipe.execute()
+        return frame
+
+    def abandon(self, frame: Frame) -> None:
+        """The caller gave up: drop the image it left in shared memory."""
+        if frame.image_name and self.handoff is not None:
+            self.handoff.discard(frame.image_name)
+
+    def _worker_shares_memory(self, flavor: str) -> bool:
+        """True while a worker that sees our shared-memory directory advertises it (cached 1 s)."""
+        assert self.handoff is not None
+        now = time.monotonic()
+        checked = self._local.get(flavor)
+        if checked is None or now - checked[0] > 1.0:
+            seen = self.client.zscore(LOCAL_LANES.format(flavor=flavor), self.handoff.id)
+            checked = (now, seen is not None and time.time() - seen < 3 * ADVERTISE_SECONDS)
+            self._local[flavor] = checked
+        return checked[1]
+
+
+Handler = Callable[[int, bytes], dict[str, Any]]
+
+
+class LaneConsumer:
+    """`threads` threads taking frames off a flavor's lanes and answering them with `handle`.
+
+    `handle(version_id, image)` returns the contract's result, or raises: a DetserveError reaches
+    the caller with its code and status, anything else as internal_error. With a Handoff, frames
+    whose image waits in that shared memory come first.
+    """
+
+    def __init__(self, redis_url: str, flavor: str, handle: Handler, threads: int,
+                 handoff: Handoff | None = None) -> None:
+        self.redis_url, self.flavor, self.handle, self.handoff = redis_url, flavor, handle, handoff
+        self.keys = [KEY.format(flavor=flavor)]
+        if handoff is not None:
+            self.keys.insert(0, LOCAL_KEY.format(flavor=flavor, shm_id=handoff.id))
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, name=f"detserve-lane-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        if handoff is not None:
+            self._threads.append(threading.Thread(target=self._advertise, name="detserve-lane-ad",
+                                                  daemon=True))
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+        log.info("taking sync predictions from %s", ", ".join(self.keys))
+
+    def stop(self) -> None:
+        """Take no more frames (frames being answered are finished)."""
+        self._stop.set()
+
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait up to `timeout` s for the threads to finish their frames."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(self.redis_url)  # one connection per thread: BRPOP blocks it
+        while not self._stop.is_set():
+            try:
+                item = client.brpop(self.keys, timeout=IDLE_POLL_SECONDS)
+            except redis.RedisError as exc:
+                log.warning("sync lane: Redis unavailable (%s); retrying", exc)
+                self._stop.wait(1.0)
+                continue
+            if item is not None:
+                self._answer(client, cast(bytes, item[1]))  # the client does not decode
+
+    def _answer(self, client: redis.Redis, data: bytes) -> None:
+        try:
+            frame = decode(data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("sync lane: dropped a malformed frame (%s)", exc)
+            return
+        if time.time() > frame.deadline:  # its caller has been told the prediction timed out
+            if frame.image_name and self.handoff is not None:
+                self.handoff.discard(frame.image_name)
+            return
+        try:
+            payload: dict[str, Any] = {"result": self.handle(frame.version_id, self._image(frame))}
+        except Exception as exc:
+            payload = replies.failure(exc)
+            level = logging.ERROR if payload["status"] >= 500 else logging.INFO
+            log.log(level, "prediction for service %s failed: %s", frame.service_id, exc,
+                    exc_info=level == logging.ERROR)
+        try:
+            replies.send(client, frame.reply_to, payload)
+        except redis.RedisError as exc:
+            log.warning("sync lane: could not deliver an answer (%s)", exc)
+
+    def _image(self, frame: Frame) -> bytes:
+        if frame.image_name is None:
+            return frame.image
+        if self.handoff is None:
+            raise InvalidImage("the image was handed over in shared memory that this worker "
+                               "does not see; send it again")
+        return self.handoff.take(frame.image_name)
+
+    def _advertise(self) -> None:
+        """Tell APIs on this machine that frames may leave their image in our shared memory."""
+        assert self.handoff is not None
+        client = redis.Redis.from_url(self.redis_url)
+        key, swept = LOCAL_LANES.format(flavor=self.flavor), 0.0
+        while not self._stop.is_set():
+            try:
+                client.zadd(key, {self.handoff.id: time.time()})
+            except redis.RedisError:
+                pass  # the lane threads report Redis trouble
+            if time.monotonic() - swept > SWEEP_SECONDS:
+                swept = time.monotonic()
+                if removed := self.handoff.sweep(ORPHAN_SECONDS):
+                    log.info("removed %d images left in shared memory", removed)
+            self._stop.wait(ADVERTISE_SECONDS)
+        try:
+            client.zrem(key, self.handoff.id)  # another worker here advertises again within 2 s
+        except redis.RedisError:
+            pass
