@@ -67,10 +67,12 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         # gunicorn's worker heartbeat touches a file on every loop; on a disk that costs
         # milliseconds of the request path, in memory nothing (gunicorn's own advice)
         tmp = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
+        # an access line per prediction costs the request path a quarter of a millisecond
+        access = ["--access-logfile", "-"] if settings.access_log else []
         return [py, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers",
                 str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                 "--timeout", str(int(settings.predict_timeout) + 30), "--graceful-timeout", "10",
-                *tmp, "--access-logfile", "-", "detserve_api:create_app()"]
+                *tmp, *access, "detserve_api:create_app()"]
     if args.command == "worker":
         if args.flavor == "gpu":
             problem = _gpu_problem()

@@ -70,8 +70,11 @@ class Handoff:
         """
         path = self._path(name)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, os.fstat(fd).st_size)  # one read, no buffered file object
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise InvalidImage("the image handed over in shared memory is gone; send it "
                                "again") from exc

@@ -1,6 +1,6 @@
 """Direct replies for synchronous predictions: the worker pushes the answer onto a short-lived
-Redis list that the waiting API thread BLPOPs. One blocking round trip, safe across the API's
-threads, and typed errors (code, status) instead of re-raised exception classes."""
+Redis list that the waiting API thread BLPOPs (synclane.LaneClient.call). Typed errors (code,
+status) instead of re-raised exception classes."""
 
 from __future__ import annotations
 
@@ -26,17 +26,16 @@ def failure(exc: BaseException) -> dict[str, Any]:
                       "message": f"the worker failed: {type(exc).__name__}: {exc}"}, "status": 500}
 
 
-def send(client: redis.Redis, key: str, payload: dict[str, Any]) -> None:
-    pipe = client.pipeline(transaction=False)
+def add(pipe: Any, key: str, payload: dict[str, Any]) -> None:
+    """Queue the reply's commands on a pipeline (the worker sends them with its next BRPOP)."""
     pipe.rpush(key, json.dumps(payload))
     pipe.expire(key, KEEP_SECONDS)
+
+
+def send(client: redis.Redis, key: str, payload: dict[str, Any]) -> None:
+    pipe = client.pipeline(transaction=False)
+    add(pipe, key, payload)
     pipe.execute()
-
-
-def wait(client: redis.Redis, key: str, timeout: float) -> dict[str, Any] | None:
-    """The reply, or None when none came within `timeout` seconds."""
-    item = client.blpop([key], timeout=timeout)
-    return None if item is None else json.loads(item[1])
 
 
 class RemoteError(DetserveError):

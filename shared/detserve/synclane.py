@@ -81,9 +81,15 @@ class LaneClient:
         self.client, self.handoff = client, handoff
         self._local: dict[str, tuple[float, bool]] = {}  # flavor -> (checked at, a worker shares)
 
-    def submit(self, flavor: str, version_id: int, service_id: str, reply_to: str,
-               deadline: float, image: bytes) -> Frame:
-        """Queue the image's frame (one round trip); returns the frame sent."""
+    def call(self, flavor: str, version_id: int, service_id: str, image: bytes,
+             timeout: float) -> dict[str, Any] | None:
+        """Queue the image's frame and wait for the worker's reply; None after `timeout` s.
+
+        One round trip: LPUSH, EXPIREAT and the BLPOP on the reply list go in one pipeline
+        (Redis runs them in order, so the frame is queued before the wait starts).
+        """
+        reply_to = replies.new_key()
+        deadline = time.time() + timeout
         frame = Frame(version_id, service_id, reply_to, deadline, image)
         key = KEY.format(flavor=flavor)
         if self.handoff is not None and self._worker_shares_memory(flavor):
@@ -98,13 +104,13 @@ class LaneClient:
         pipe.lpush(key, encode(frame))
         # with no worker of the flavor running, the frames vanish once their callers have given up
         pipe.expireat(key, int(deadline) + 60)
-        pipe.execute()
-        return frame
-
-    def abandon(self, frame: Frame) -> None:
-        """The caller gave up: drop the image it left in shared memory."""
-        if frame.image_name and self.handoff is not None:
-            self.handoff.discard(frame.image_name)
+        pipe.blpop([reply_to], timeout=timeout)
+        item = pipe.execute()[-1]
+        if item is None:
+            if frame.image_name and self.handoff is not None:
+                self.handoff.discard(frame.image_name)
+            return None
+        return json.loads(item[1])  # type: ignore[no-any-return]
 
     def _worker_shares_memory(self, flavor: str) -> bool:
         """True while a worker that sees our shared-memory directory advertises it (cached 1 s)."""
@@ -160,26 +166,36 @@ class LaneConsumer:
 
     def _run(self) -> None:
         client = redis.Redis.from_url(self.redis_url)  # one connection per thread: BRPOP blocks it
+        answer: tuple[str, dict[str, Any]] | None = None  # delivered with the next BRPOP
         while not self._stop.is_set():
+            pipe = client.pipeline(transaction=False)
+            if answer is not None:
+                replies.add(pipe, *answer)
+            pipe.brpop(self.keys, timeout=IDLE_POLL_SECONDS)  # one round trip for both
             try:
-                item = client.brpop(self.keys, timeout=IDLE_POLL_SECONDS)
+                item = pipe.execute()[-1]
             except redis.RedisError as exc:
                 log.warning("sync lane: Redis unavailable (%s); retrying", exc)
                 self._stop.wait(1.0)
-                continue
-            if item is not None:
-                self._answer(client, cast(bytes, item[1]))  # the client does not decode
+                continue  # the answer is sent again with the next try
+            answer = None if item is None else self._answer(cast(bytes, item[1]))
+        if answer is not None:
+            try:
+                replies.send(client, *answer)
+            except redis.RedisError as exc:
+                log.warning("sync lane: could not deliver an answer (%s)", exc)
 
-    def _answer(self, client: redis.Redis, data: bytes) -> None:
+    def _answer(self, data: bytes) -> tuple[str, dict[str, Any]] | None:
+        """The reply list and payload for one frame; None when nobody waits for one."""
         try:
             frame = decode(data)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("sync lane: dropped a malformed frame (%s)", exc)
-            return
+            return None
         if time.time() > frame.deadline:  # its caller has been told the prediction timed out
             if frame.image_name and self.handoff is not None:
                 self.handoff.discard(frame.image_name)
-            return
+            return None
         try:
             payload: dict[str, Any] = {"result": self.handle(frame.version_id, self._image(frame))}
         except Exception as exc:
@@ -187,10 +203,7 @@ class LaneConsumer:
             level = logging.ERROR if payload["status"] >= 500 else logging.INFO
             log.log(level, "prediction for service %s failed: %s", frame.service_id, exc,
                     exc_info=level == logging.ERROR)
-        try:
-            replies.send(client, frame.reply_to, payload)
-        except redis.RedisError as exc:
-            log.warning("sync lane: could not deliver an answer (%s)", exc)
+        return frame.reply_to, payload
 
     def _image(self, frame: Frame) -> bytes:
         if frame.image_name is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -107,8 +108,20 @@ def test_async_bad_input_is_refused_up_front(client, service):
     assert resp.status_code == 400 and resp.json["error"]["code"] == "invalid_image"
 
 
+def _settled_monitoring(client, service_id: str) -> dict:
+    """Monitoring once earlier tests' counts have all been written (they lag by < 1 s)."""
+    last = None
+    for _ in range(50):
+        now = client.get(f"/v1/services/{service_id}/monitoring", headers=AUTH).json
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.5)
+    raise AssertionError("monitoring never settled")
+
+
 def test_monitoring_counts_requests(client, service):
-    before = client.get(f"/v1/services/{service['id']}/monitoring", headers=AUTH).json
+    before = _settled_monitoring(client, service["id"])
     predict(client, service["id"], GOOD)
     predict(client, service["id"], image_bytes(640, 480, fmt="JPEG")[:700])
     # counts are written by a background thread once the answers have gone: wait for them
@@ -181,6 +194,11 @@ def _frame(reply_to: str, version_id: int, image: bytes, deadline: float) -> syn
     return synclane.Frame(version_id, "test", reply_to, deadline, image)
 
 
+def _reply(r, key: str, timeout: float) -> dict | None:
+    item = r.blpop([key], timeout=timeout)
+    return None if item is None else json.loads(item[1])
+
+
 def _submit(r, frame: synclane.Frame) -> None:
     r.lpush(synclane.KEY.format(flavor="cpu"), synclane.encode(frame))
 
@@ -202,8 +220,8 @@ def test_lane_drops_stale_and_malformed_frames_and_carries_on(stack, service):
     # when a good frame follows them
     _submit(r, _frame(good, version_id, GOOD, time.time() + 20))
     # then the good one is answered, the stale one never is, the lost image is reported
-    answer = replies.wait(r, good, 20)
+    answer = _reply(r, good, 20)
     assert answer is not None and set(answer["result"]["detection_classes"]) == {"red"}
-    lost = replies.wait(r, elsewhere, 5)
+    lost = _reply(r, elsewhere, 5)
     assert lost is not None and lost["status"] == 400 and "send it again" in lost["error"]["message"]
     assert r.exists(stale) == 0 and r.llen(lane) == 0

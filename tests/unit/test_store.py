@@ -138,3 +138,17 @@ def test_exactly_one_of_racing_transitions_wins(store, racers):
         events = session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all()
         assert session.get(Service, sid).status == wins[0]
     assert len(events) == 1 and events[0].to_status == wins[0]
+
+
+def test_the_hot_read_sees_every_committed_change_at_once(store):
+    from detserve_api.auth import HOT_QUERY
+
+    sid = add_service(store)
+    row = store.first(HOT_QUERY, {"id": sid})
+    assert (row.id, row.status, row.flavor, row.key_hash) == (sid, status.DEPLOYING, "cpu", "k")
+    # a transition committed by another connection is what the very next read returns
+    status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="test")
+    assert store.first(HOT_QUERY, {"id": sid}).status == status.RUNNING
+    assert store.first(HOT_QUERY, {"id": "nope"}) is None
+    # values written into a one-off statement count as much as bound parameters
+    assert store.first(select(Service.status).where(Service.id == sid)).status == status.RUNNING

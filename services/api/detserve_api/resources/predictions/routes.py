@@ -50,17 +50,15 @@ class Predict(MethodView):
         """Detect objects in one image and wait for the answer."""
         started = time.perf_counter()
         timeout = context.settings().predict_timeout
-        service, client = g.service, context.redis_client()
-        reply_to, lanes = replies.new_key(), context.lanes()
-        # the flavor's sync lane, not a Celery task: nothing but this caller wants the answer
-        frame = lanes.submit(service.flavor, service.version_id, service.id, reply_to,
-                             time.time() + timeout, _checked_image(service))
+        service = g.service
+        image = _checked_image(service)
         sent = time.perf_counter()
-        outcome: dict[str, Any] = {"ok": False, "inference_ms": None}
+        outcome: dict[str, Any] = {"ok": False, "inference_ms": None, "done": 0.0}
 
         @after_this_request
         def _count(response: Response) -> Response:
             elapsed = (time.perf_counter() - started) * 1000
+            done = outcome["done"]
             # Server-Timing: where the time went (browsers' developer tools show it)
             response.headers["Server-Timing"] = ", ".join(
                 f"{name};dur={value:.2f}" for name, value in (
@@ -70,11 +68,10 @@ class Predict(MethodView):
             context.monitor().record(service_id, elapsed, outcome["ok"], outcome["inference_ms"])
             return response
 
-        done = 0.0
-        reply = replies.wait(client, reply_to, timeout)
-        done = time.perf_counter()
+        # the flavor's sync lane, not a Celery task: nothing but this caller wants the answer
+        reply = context.lanes().call(service.flavor, service.version_id, service.id, image, timeout)
+        outcome["done"] = time.perf_counter()
         if reply is None:
-            lanes.abandon(frame)
             raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
         if "error" in reply:
             err = reply["error"]
