@@ -117,8 +117,9 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
                       ("scheduler", argparse.Namespace(command="scheduler"))]
         gpu = _gpu_problem()
         if gpu is None:
+            # as many threads as cores: each decodes its own image while the batcher fills
             components.append(("worker-gpu", argparse.Namespace(command="worker", flavor="gpu",
-                                                               concurrency=1)))
+                                                               concurrency=None)))
         else:
             log.info("no GPU worker: %s", gpu)
         if flower:
