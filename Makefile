@@ -31,10 +31,11 @@ lint: $(DEV)
 	$(PY) -m ruff check shared services tests tools bench
 	$(PY) -m mypy
 
-# needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model
+# needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model;
+# --reference also measures a plain Flask app running the same pipeline in-process (the floor)
 bench: $(DEV)
 	$(PY) -m pip install --quiet -e ".[dev,train]"
-	$(PY) bench/run.py
+	$(PY) bench/run.py --reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache

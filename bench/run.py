@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -150,28 +152,38 @@ def run_paired(url: str, key: str, detector: Detector, image: bytes, seconds: fl
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     route, local, added = [], [], []
     stop_at = time.perf_counter() + seconds
-    with socket.create_connection((parsed.hostname, parsed.port), timeout=30) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock: socket.socket | None = None
+    try:
         while time.perf_counter() < stop_at:
+            if sock is None:  # a server without keep-alive closes after each answer
+                sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             t0 = time.perf_counter()
             sock.sendall(request)
-            _read_response(sock)
+            keep = _read_response(sock)
             t1 = time.perf_counter()
+            if not keep:
+                sock.close()
+                sock = None
             detector.infer(image)
             t2 = time.perf_counter()
             route.append((t1 - t0) * 1000)
             local.append((t2 - t1) * 1000)
             added.append(route[-1] - local[-1])
+    finally:
+        if sock is not None:
+            sock.close()
     return {"route_p50_ms": statistics.median(route), "ceiling_p50_ms": statistics.median(local),
             "added_p50_ms": statistics.median(added), "pairs": len(added)}
 
 
-def _read_response(sock: socket.socket) -> bytes:
+def _read_response(sock: socket.socket) -> bool:
+    """Read one 200 answer; True when the server keeps the connection open."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
-            raise SystemExit("the API closed the connection")
+            raise SystemExit("the server closed the connection before answering")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
@@ -179,7 +191,56 @@ def _read_response(sock: socket.socket) -> bytes:
     length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
     while len(rest) < length:
         rest += sock.recv(65536)
-    return rest
+    return re.search(rb"(?i)\r\nconnection:\s*close", head) is None
+
+
+def measure(name: str, url: str, script: Path, key: str, detector: Detector, image: bytes,
+            args: argparse.Namespace, workers: int) -> dict[int, dict[str, Any]]:
+    """Route against ceiling at each concurrency, windows alternating; paired at c=1."""
+    results: dict[int, dict[str, Any]] = {}
+    for c in (int(v) for v in args.concurrency.split(",")):
+        route, ceiling = [], []
+        for _ in range(args.reps):
+            route.append(run_wrk(url, script, c, args.seconds))
+            ceiling.append(run_ceiling(detector, image, c, args.seconds, workers))
+        results[c] = {"route": median_of(route), "ceiling": median_of(ceiling),
+                      "ratio": statistics.median(r["images_s"] / k["images_s"]
+                                                 for r, k in zip(route, ceiling, strict=True))}
+        report(name, c, results[c])
+        if c == 1:
+            paired = run_paired(url, key, detector, image, args.seconds * args.reps)
+            results[c]["paired"] = paired
+            print(f"{name:14} c=1   paired: route p50 {paired['route_p50_ms']:.1f} ms, "
+                  f"in-process p50 {paired['ceiling_p50_ms']:.1f} ms, added p50 "
+                  f"+{paired['added_p50_ms']:.1f} ms over {paired['pairs']} pairs", flush=True)
+    return results
+
+
+@contextlib.contextmanager
+def plain_flask(tmp: Path, model: bytes) -> Iterator[str]:
+    """The reference: bench/plain_flask.py under gunicorn, 2 sync workers; yields its URL."""
+    (tmp / "reference.onnx").write_bytes(model)
+    port = free_port()
+    env = {**os.environ, "BENCH_MODEL": str(tmp / "reference.onnx"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(Path(__file__).parent),
+                             "-b", f"127.0.0.1:{port}", "-w", "2", "-k", "sync",
+                             "--worker-tmp-dir", "/dev/shm", "plain_flask:create_app()"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise SystemExit("the plain Flask reference did not start") from None
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/predict"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -192,6 +253,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--models", default="demo-detector,yolov8n-sized")
+    parser.add_argument("--reference", action="store_true",
+                        help="also measure a plain Flask app running the same pipeline in-process")
     args = parser.parse_args()
     from yolov8n import bench_image, build
 
@@ -223,25 +286,14 @@ def main() -> None:
                                     {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
                 detector.infer(image)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
-                results[name] = {}
-                for c in (int(v) for v in args.concurrency.split(",")):
-                    route, ceiling = [], []
-                    for _ in range(args.reps):
-                        route.append(run_wrk(url, script, c, args.seconds))
-                        ceiling.append(run_ceiling(detector, image, c, args.seconds,
-                                                   settings.worker_concurrency))
-                    results[name][c] = {"route": median_of(route), "ceiling": median_of(ceiling),
-                                        "ratio": statistics.median(
-                                            r["images_s"] / k["images_s"]
-                                            for r, k in zip(route, ceiling, strict=True))}
-                    report(name, c, results[name][c])
-                    if c == 1:
-                        paired = run_paired(url, key, detector, image, args.seconds * args.reps)
-                        results[name][c]["paired"] = paired
-                        print(f"{name:14} c=1   paired: route p50 {paired['route_p50_ms']:.1f} ms, "
-                              f"in-process p50 {paired['ceiling_p50_ms']:.1f} ms, added p50 "
-                              f"+{paired['added_p50_ms']:.1f} ms over {paired['pairs']} pairs",
-                              flush=True)
+                results[name] = measure(name, url, script, key, detector, image, args,
+                                        settings.worker_concurrency)
+                if args.reference:
+                    with plain_flask(Path(tmp), model) as ref_url:
+                        run_wrk(ref_url, script, 4, 3)
+                        results[f"{name} (plain Flask)"] = measure(
+                            f"{name} ref", ref_url, script, key, detector, image, args,
+                            settings.worker_concurrency)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
