@@ -7,6 +7,8 @@ import os
 import queue
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -23,42 +25,67 @@ def _minute(ts: float) -> int:
     return int(ts // 60) * 60
 
 
-def record(client: redis.Redis, service_id: str, latency_ms: float, ok: bool,
-           inference_ms: float | None = None, now: float | None = None) -> None:
-    """Count one prediction request (pipelined: one round trip)."""
+@dataclass
+class _Tally:
+    """One service-minute's requests, summed before they are written."""
+
+    requests: int = 0
+    failures: int = 0
+    latencies: list[float] = field(default_factory=list)
+    buckets: Counter[str] = field(default_factory=Counter)
+    latency_sum: float = 0.0
+    inference_sum: float = 0.0
+    inference_count: int = 0
+
+    def add(self, latency_ms: float, ok: bool, inference_ms: float | None) -> None:
+        self.requests += 1
+        self.failures += 0 if ok else 1
+        self.latencies.append(round(latency_ms, 3))
+        self.buckets[str(next((b for b in BUCKETS_MS if latency_ms <= b), "inf"))] += 1
+        self.latency_sum += latency_ms
+        if inference_ms is not None:
+            self.inference_sum += inference_ms
+            self.inference_count += 1
+
+    def write(self, pipe: Any, service_id: str, minute: int) -> None:
+        stats, lat = f"detserve:mon:{service_id}:{minute}", f"detserve:lat:{service_id}:{minute}"
+        total = f"detserve:metrics:{service_id}"
+        for key in (stats, total):
+            pipe.hincrby(key, "requests", self.requests)
+            if self.failures:
+                pipe.hincrby(key, "failures", self.failures)
+        pipe.rpush(lat, *self.latencies)
+        pipe.ltrim(lat, -MAX_SAMPLES, -1)
+        pipe.expire(stats, KEEP_SECONDS)
+        pipe.expire(lat, KEEP_SECONDS)
+        for bucket, n in self.buckets.items():
+            pipe.hincrby(total, f"le_{bucket}", n)
+        pipe.hincrbyfloat(total, "latency_sum_ms", self.latency_sum)
+        if self.inference_count:
+            pipe.hincrbyfloat(total, "inference_sum_ms", self.inference_sum)
+            pipe.hincrby(total, "inference_count", self.inference_count)
+        pipe.sadd("detserve:metrics:services", service_id)
+
+
+Sample = tuple[str, float, bool, "float | None", float]  # service, latency, ok, inference, time
+
+
+def record_many(client: redis.Redis, samples: list[Sample]) -> None:
+    """Count prediction requests, summed per service-minute, in one round trip."""
+    tallies: dict[tuple[str, int], _Tally] = {}
+    for service_id, latency_ms, ok, inference_ms, ts in samples:
+        tallies.setdefault((service_id, _minute(ts)), _Tally()).add(latency_ms, ok, inference_ms)
     pipe = client.pipeline(transaction=False)
-    _count(pipe, service_id, latency_ms, ok, inference_ms, now if now is not None else time.time())
+    for (service_id, minute), tally in tallies.items():
+        tally.write(pipe, service_id, minute)
     pipe.execute()
-
-
-def _count(pipe: Any, service_id: str, latency_ms: float, ok: bool, inference_ms: float | None,
-           ts: float) -> None:
-    minute = _minute(ts)
-    stats, lat = f"detserve:mon:{service_id}:{minute}", f"detserve:lat:{service_id}:{minute}"
-    total = f"detserve:metrics:{service_id}"
-    pipe.hincrby(stats, "requests", 1)
-    pipe.hincrby(total, "requests", 1)
-    if not ok:
-        pipe.hincrby(stats, "failures", 1)
-        pipe.hincrby(total, "failures", 1)
-    pipe.rpush(lat, round(latency_ms, 3))
-    pipe.ltrim(lat, -MAX_SAMPLES, -1)
-    pipe.expire(stats, KEEP_SECONDS)
-    pipe.expire(lat, KEEP_SECONDS)
-    bucket = next((b for b in BUCKETS_MS if latency_ms <= b), "inf")
-    pipe.hincrby(total, f"le_{bucket}", 1)
-    pipe.hincrbyfloat(total, "latency_sum_ms", latency_ms)
-    if inference_ms is not None:
-        pipe.hincrbyfloat(total, "inference_sum_ms", inference_ms)
-        pipe.hincrby(total, "inference_count", 1)
-    pipe.sadd("detserve:metrics:services", service_id)
 
 
 class Recorder:
     """Counts requests from a background thread of this process, many per round trip.
 
-    A request only appends to an in-memory queue: the Redis writes (a dozen commands) happen after
-    its answer has gone, and under load one pipeline carries the counts of many requests. The
+    A request only appends to an in-memory queue: the Redis writes happen after its answer has
+    gone, summed per service-minute, so under load one short pipeline carries many requests. The
     counts are visible in Redis within a second; a process that dies loses the ones not yet written.
     """
 
@@ -67,7 +94,7 @@ class Recorder:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._queue: queue.SimpleQueue[tuple[str, float, bool, float | None, float]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Sample] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid = -1
 
@@ -94,11 +121,8 @@ class Recorder:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            pipe = self.client.pipeline(transaction=False)
-            for item in items:
-                _count(pipe, *item)
             try:
-                pipe.execute()
+                record_many(self.client, items)
             except redis.RedisError as exc:
                 log.warning("monitoring: %d request counts lost (%s)", len(items), exc)
 
