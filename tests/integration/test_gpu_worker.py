@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -85,6 +86,14 @@ def test_deploy_and_concurrent_predictions_on_the_gpu_flavor(client, settings, f
         assert body["status"] == "SUCCESS", body
         expected = f"c{int(np.argmax(colour))}"
         assert set(body["result"]["detection_classes"]) == {expected}
+    # and sync predictions sent at once (lane threads, one batcher) get their own answers too
+    def sync(colour):
+        return colour, predict(client.application.test_client(), sid, image_bytes(64, 64, color=colour))
+
+    with ThreadPoolExecutor(len(colours)) as pool:
+        for colour, resp in pool.map(sync, colours):
+            assert resp.status_code == 200, resp.json
+            assert set(resp.json["detection_classes"]) == {f"c{int(np.argmax(colour))}"}
     assert "reusing cached TensorRT engine" not in fake_gpu_worker.tail(20000)
     # a redeploy reuses the engine built the first time
     client.post(f"/v1/services/{sid}/stop", headers=AUTH)
