@@ -12,6 +12,8 @@ import pytest
 import requests
 from api_client import ApiClient
 
+from detserve.config import Settings
+from detserve.supervisor import embedded_shm_dir
 from detserve.synthetic import CLASSES, scene
 from support import Proc, child_env, detserve_cmd, free_port, wait_for
 
@@ -19,8 +21,6 @@ pytestmark = pytest.mark.slow
 
 
 def start_up(data_dir: Path, port: int, log: Path, **env_extra: str) -> Proc:
-    from detserve.config import Settings
-
     env = child_env(Settings(data_dir=data_dir).resolved())
     for name in ("DETSERVE_REDIS_URL", "DETSERVE_DATABASE_URL", "DETSERVE_ADMIN_TOKEN",
                  "DETSERVE_API_URL"):
@@ -68,6 +68,8 @@ def stop(proc: Proc, data_dir: Path, port: int) -> None:
     assert proc.proc.wait(timeout=60) == 0, proc.tail()
     wait_for(lambda: not leftovers(data_dir), 10, what=f"no orphans: {leftovers(data_dir)}")
     assert port_free(port)
+    shm = embedded_shm_dir(Settings(data_dir=data_dir).resolved())
+    assert not shm or not Path(shm).exists()  # nor the shared-memory directory it made
 
 
 def test_up_restart_keeps_everything(tmp_path):
