@@ -18,12 +18,18 @@ from detserve.inference import Detector, Limits
 from detserve.packages import read_package
 
 
-def create_app() -> Flask:
-    package = read_package(Path(os.environ["BENCH_MODEL"]).read_bytes(), None, max_bytes=1 << 30)
+def in_process_detector(model: bytes, threads: int) -> Detector:
+    """detserve's own pipeline on ONNX Runtime, outside any server (the bench's ceiling too)."""
+    package = read_package(model, None, max_bytes=1 << 30)
     spec = {"input": package.input, "output": package.output}
-    detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec, threads=1),
+    detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec, threads=threads),
                         {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
     detector.warm_up()
+    return detector
+
+
+def create_app() -> Flask:
+    detector = in_process_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
     app = Flask(__name__)
 
     @app.post("/predict")

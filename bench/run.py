@@ -41,12 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.demo import demo_model_bytes  # noqa: E402
-from detserve.inference import Detector, Limits  # noqa: E402
-from detserve.packages import read_package  # noqa: E402
+from detserve.inference import Detector  # noqa: E402
 from detserve.supervisor import free_port  # noqa: E402
+from plain_flask import in_process_detector  # noqa: E402
 
 CACHE = ROOT / ".bench-cache"
 BOUNDARY = "----detservebench"
@@ -279,11 +278,7 @@ def main() -> None:
                 script = Path(tmp) / f"{name}.lua"
                 wrk_script(script, image_path, key)
                 url = f"{base}/v1/services/{service_id}/predict"
-                package = read_package(model, None, max_bytes=1 << 30)
-                spec = {"input": package.input, "output": package.output}
-                detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec,
-                                                                    threads=settings.ort_threads),
-                                    {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
+                detector = in_process_detector(model, settings.ort_threads)
                 detector.infer(image)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
                 results[name] = measure(name, url, script, key, detector, image, args,

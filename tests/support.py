@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from detserve.config import Settings
+from detserve.supervisor import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"
@@ -35,12 +35,6 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for "
                          f"{what() if callable(what) else what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

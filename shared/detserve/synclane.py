@@ -74,6 +74,12 @@ def decode(data: bytes) -> Frame:
                  float(header["deadline"]), image, None if name is None else str(name))
 
 
+def _drop_image(handoff: Handoff | None, frame: Frame) -> None:
+    """Remove the image a frame left in shared memory, once nobody will take it."""
+    if frame.image_name and handoff is not None:
+        handoff.discard(frame.image_name)
+
+
 class LaneClient:
     """The API's side: queue a frame on the flavor's lane, through shared memory where it can."""
 
@@ -107,8 +113,7 @@ class LaneClient:
         pipe.blpop([reply_to], timeout=timeout)
         item = pipe.execute()[-1]
         if item is None:
-            if frame.image_name and self.handoff is not None:
-                self.handoff.discard(frame.image_name)
+            _drop_image(self.handoff, frame)
             return None
         return json.loads(item[1])  # type: ignore[no-any-return]
 
@@ -193,8 +198,7 @@ class LaneConsumer:
             log.warning("sync lane: dropped a malformed frame (%s)", exc)
             return None
         if time.time() > frame.deadline:  # its caller has been told the prediction timed out
-            if frame.image_name and self.handoff is not None:
-                self.handoff.discard(frame.image_name)
+            _drop_image(self.handoff, frame)
             return None
         try:
             payload: dict[str, Any] = {"result": self.handle(frame.version_id, self._image(frame))}
