@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 
+from detserve import allocator
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.inference import Detector, Limits
 from detserve.packages import read_package
@@ -29,6 +30,7 @@ def in_process_detector(model: bytes, threads: int) -> Detector:
 
 
 def create_app() -> Flask:
+    allocator.tune()  # as detserve's processes do: the comparison is of the architecture alone
     detector = in_process_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
     app = Flask(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from detserve import images, synclane
+from detserve import allocator, images, synclane
 from detserve import tasknames as names
 from detserve.artifacts import ArtifactStore
 from detserve.batching import Batcher
@@ -141,6 +141,7 @@ class WorkerState:
 
 def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, flavor: str) -> WorkerState:
     """Register worker.deploy and worker.predict on `app`, running models with `backend_cls`."""
+    allocator.tune()  # before the pool and lane threads exist
     state = WorkerState(app, backend_cls, settings)
 
     @app.task(name=names.DEPLOY, ignore_result=True)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from api_helpers import AUTH, predict, running_service
 from conftest import as_config
-from detserve import synclane
+from detserve import replies, synclane
 from detserve.demo import build_blob_detector
 from detserve_api.auth import HOT_QUERY
 from support import blobs_image, image_bytes, wait_for
@@ -168,12 +168,19 @@ def test_sync_predictions_hand_images_over_in_shared_memory(stack, client, servi
     from detserve.handoff import Handoff
 
     shm = Handoff(stack.settings.shm_dir)
+    lanes = stack.app.extensions["detserve"]["lanes"]
     # given the stack's worker, which shares the API's memory directory and says so
-    wait_for(lambda: stack.app.extensions["detserve"]["lanes"]._worker_shares_memory("cpu"),
-             timeout=10, what="the worker to advertise its shared memory")
-    # when a sync prediction is answered, then its image went through memory and is gone from it
-    resp = predict(client, service["id"], GOOD)
-    assert resp.status_code == 200 and set(resp.json["detection_classes"]) == {"red"}
+    wait_for(lambda: lanes._worker_shares_memory("cpu"), timeout=10,
+             what="the worker to advertise its shared memory")
+    # when sync predictions are answered
+    for _ in range(2):
+        resp = predict(client, service["id"], GOOD)
+        assert resp.status_code == 200 and set(resp.json["detection_classes"]) == {"red"}
+    # then they went through this thread's port: its slot holds the last image, its socket got
+    # the answers, and nothing else was left in the directory
+    port = lanes._thread.port
+    assert shm.read_image(port.name, len(GOOD)) == GOOD
+    assert {p.suffix for p in shm.dir.glob(port.name + ".*")} == {".slot", ".sock"}
     assert list(shm.dir.glob("*.img")) == []
 
 
@@ -194,9 +201,9 @@ def _frame(reply_to: str, version_id: int, image: bytes, deadline: float) -> syn
     return synclane.Frame(version_id, "test", reply_to, deadline, image)
 
 
-def _reply(r, key: str, timeout: float) -> dict | None:
+def _reply(r, key: str, timeout: float) -> replies.Answer | None:
     item = r.blpop([key], timeout=timeout)
-    return None if item is None else json.loads(item[1])
+    return None if item is None else replies.decode(item[1])
 
 
 def _submit(r, frame: synclane.Frame) -> None:
@@ -206,8 +213,6 @@ def _submit(r, frame: synclane.Frame) -> None:
 def test_lane_drops_stale_and_malformed_frames_and_carries_on(stack, service):
     import redis
 
-    from detserve import replies
-
     r = redis.Redis.from_url(stack.settings.redis_url)
     lane = synclane.KEY.format(flavor="cpu")
     version_id = stack.store.first(HOT_QUERY, {"id": service["id"]}).version_id
@@ -216,12 +221,13 @@ def test_lane_drops_stale_and_malformed_frames_and_carries_on(stack, service):
     # whose image is in shared memory the worker does not have
     _submit(r, _frame(stale, version_id, GOOD, time.time() - 1))
     r.lpush(lane, b"not a frame")
-    _submit(r, synclane.Frame(version_id, "test", elsewhere, time.time() + 20, image_name="x.img"))
+    _submit(r, synclane.Frame(version_id, "test", elsewhere, time.time() + 20, port="x",
+                              image_size=10))
     # when a good frame follows them
     _submit(r, _frame(good, version_id, GOOD, time.time() + 20))
     # then the good one is answered, the stale one never is, the lost image is reported
     answer = _reply(r, good, 20)
-    assert answer is not None and set(answer["result"]["detection_classes"]) == {"red"}
+    assert answer is not None and set(json.loads(answer.body)["detection_classes"]) == {"red"}
     lost = _reply(r, elsewhere, 5)
-    assert lost is not None and lost["status"] == 400 and "send it again" in lost["error"]["message"]
+    assert lost is not None and lost.status == 400 and "send it again" in lost.error["message"]
     assert r.exists(stale) == 0 and r.llen(lane) == 0

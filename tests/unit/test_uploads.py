@@ -48,3 +48,17 @@ def test_unusual_bodies_fall_back_to_werkzeug():
     preamble = b"this is a preamble\r\n" + body
     assert _split(preamble, ctype.split("boundary=")[1].encode()) is None
     assert read(preamble, ctype) == b"data"
+
+
+@pytest.mark.parametrize("fields", [
+    {"images": b"\r\n\r\nA"},
+    {"a": b"1", "b": b"\r\n\r\n2", "images": b"IMG"},
+    {"images": b"IMG", "z": b"--"},
+    {"a": b"1", "z": b"2"},
+])
+def test_fast_path_agrees_with_werkzeug_wherever_the_image_is(fields):
+    body, ctype = encoded({k: FileStorage(io.BytesIO(v), f"{k}.bin") for k, v in fields.items()})
+    boundary = ctype.split("boundary=")[1].encode()
+    assert _split(body, boundary) == fields.get("images", b"")
+    cut = body[:body.rfind(b"--")]  # no closing delimiter: not for the fast path
+    assert _split(cut, boundary) is None

@@ -10,7 +10,7 @@ from celery import Celery
 from flask import Flask
 from flask_smorest import Api
 
-from detserve import __version__, monitoring, synclane
+from detserve import __version__, allocator, monitoring, synclane
 from detserve.artifacts import ArtifactStore
 from detserve.bus import CeleryBus
 from detserve.celery_app import make_celery
@@ -28,6 +28,7 @@ def create_app(
 ) -> Flask:
     """Build the API: settings from the environment, then `config` (tests) on top."""
     settings = Settings.from_env().with_overrides(config or {})
+    allocator.tune()  # before gunicorn's threads exist
     app = Flask(__name__)
     app.config.update(
         API_TITLE="detserve", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -69,17 +68,16 @@ class Predict(MethodView):
             return response
 
         # the flavor's sync lane, not a Celery task: nothing but this caller wants the answer
-        reply = context.lanes().call(service.flavor, service.version_id, service.id, image, timeout)
+        answer = context.lanes().call(service.flavor, service.version_id, service.id, image,
+                                      timeout)
         outcome["done"] = time.perf_counter()
-        if reply is None:
+        if answer is None:
             raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
-        if "error" in reply:
-            err = reply["error"]
-            raise replies.RemoteError(err["code"], err["message"], reply["status"])
-        answer: dict[str, Any] = reply["result"]
-        outcome.update(ok=True, inference_ms=answer.get("inference_ms"))
-        # the worker's answer is already in the documented shape: pass it on as it came
-        return current_app.response_class(json.dumps(answer), mimetype="application/json")
+        if answer.error is not None:
+            raise replies.RemoteError(answer.error["code"], answer.error["message"], answer.status)
+        outcome.update(ok=True, inference_ms=answer.inference_ms)
+        # the worker wrote the result in the documented shape: pass its bytes on as they came
+        return current_app.response_class(answer.body, mimetype="application/json")
 
 
 @blp.route("/services/<string:service_id>/predictions")
