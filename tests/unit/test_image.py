@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from detserve.errors import ImageTooLarge, InvalidImage
-from detserve.processing.image import decode, inspect
+from detserve.processing.image import decode, header_size, inspect, sniff
 from support import image_bytes
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
@@ -79,6 +79,29 @@ def test_bad_images_are_refused_naming_the_formats(data):
     with pytest.raises(InvalidImage) as exc:
         decode(data, **LIMITS)
     assert "JPG, JPEG, BMP or PNG" in exc.value.message or "no image" in exc.value.message
+
+
+def _saved(mode: str, fmt: str, size: tuple[int, int], **options) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, 90).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data", [
+    _saved("RGB", "JPEG", (641, 479)), _saved("L", "JPEG", (33, 1000)),
+    _saved("RGB", "JPEG", (300, 200), progressive=True),
+    _saved("RGB", "JPEG", (120, 80), exif=Image.Exif(), icc_profile=b"\0" * 5000),
+    display_and_stored(6)[1],
+    _saved("RGB", "PNG", (500, 3)), _saved("I;16", "PNG", (7, 9)), _saved("P", "PNG", (64, 65)),
+    _saved("RGB", "BMP", (101, 57)), _saved("1", "BMP", (9, 17)), _saved("RGBA", "BMP", (40, 30)),
+], ids=["jpeg", "jpeg-grey", "jpeg-progressive", "jpeg-big-header", "jpeg-exif", "png",
+        "png-16bit", "png-palette", "bmp", "bmp-1bit", "bmp-rgba"])
+def test_the_header_reader_agrees_with_pil(data):
+    fmt = sniff(data)
+    assert fmt is not None
+    with Image.open(io.BytesIO(data)) as img:
+        assert header_size(fmt, data) == img.size
+    assert inspect(data, **LIMITS) == (fmt, *img.size)
 
 
 def test_byte_limit():

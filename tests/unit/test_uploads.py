@@ -10,7 +10,8 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.test import encode_multipart
 
 from detserve.errors import InvalidImage
-from detserve_api.uploads import _split, image_upload
+from detserve_api.uploads import image_upload
+from detserve_api.uploads import split_image as _split
 
 app = Flask(__name__)
 

@@ -19,6 +19,7 @@ from detserve.deployments import Runtime
 from detserve.handoff import Handoff
 from detserve.store import Store
 from detserve_api import auth, console, errors
+from detserve_api.fastpath import PredictFastPath
 from detserve_api.resources import register_blueprints
 
 
@@ -59,4 +60,5 @@ def create_app(
     errors.register_error_handlers(app)
     auth.register(app)
     console.register(app)
+    app.wsgi_app = PredictFastPath(app)  # type: ignore[method-assign]
     return app

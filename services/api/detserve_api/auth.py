@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 from flask import Flask, g, request
 from sqlalchemy import bindparam, select
 
 from detserve.deployments import hash_key
 from detserve.errors import Forbidden, NotFound, Unauthorized
-from detserve.store import Service
+from detserve.store import Service, Store
 from detserve_api import context
 
 # what the prediction routes need of a service, read in one small query per request
@@ -48,19 +49,19 @@ def check_request() -> None:
     blueprint = endpoint.split(".", 1)[0] if "." in endpoint else ""
     if request.method == "OPTIONS" or endpoint in {"static", ""} or blueprint in PUBLIC_BLUEPRINTS:
         return
-    g.is_admin = _is_admin()
+    g.is_admin = is_admin(request.headers.get("Authorization", ""), context.admin_token())
     if blueprint == PREDICTION_BLUEPRINT:
         _check_service_access()
     elif not g.is_admin:
         raise Unauthorized("this route needs the admin token: Authorization: Bearer <token>")
 
 
-def _is_admin() -> bool:
-    header = request.headers.get("Authorization", "")
-    if not header:
+def is_admin(authorization: str, admin_token: str) -> bool:
+    """True for the admin's bearer token, False for none; Unauthorized for any other."""
+    if not authorization:
         return False
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), context.admin_token()):
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), admin_token):
         raise Unauthorized("the bearer token is not the admin token")
     return True
 
@@ -68,12 +69,25 @@ def _is_admin() -> bool:
 def _check_service_access() -> None:
     args = request.view_args or {}
     service_id = args.get("service_id") or _task_service(args.get("task_id"))
-    key = request.headers.get("X-Service-Key", "")
-    if not g.is_admin and not key:
+    g.service = service_access(context.runtime().store, service_id, g.is_admin,
+                               request.headers.get("X-Service-Key", ""),
+                               missing=None if service_id else
+                               f"no prediction task {args.get('task_id')!r} (unknown or expired)")
+
+
+def service_access(store: Store, service_id: str | None, admin: bool, key: str,
+                   missing: str | None = None) -> Any:
+    """The service's hot row (HOT_QUERY), if the caller may predict with it.
+
+    Raises:
+        Unauthorized: no key and not admin, or a key of no service.
+        Forbidden: the key of another service.
+        NotFound: no such service (`missing` says what was not found).
+    """
+    if not admin and not key:
         raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
-    store = context.runtime().store
     service = store.first(HOT_QUERY, {"id": service_id}) if service_id else None  # one query
-    if not g.is_admin:
+    if not admin:
         digest = hash_key(key)
         if service is None or not hmac.compare_digest(service.key_hash, digest):
             if store.first(KEY_OWNER_QUERY, {"key_hash": digest}) is None:
@@ -81,9 +95,8 @@ def _check_service_access() -> None:
             if service is not None:
                 raise Forbidden("this key belongs to another service")
     if service is None:
-        raise NotFound(f"no service {service_id!r}" if service_id else
-                       f"no prediction task {args.get('task_id')!r} (unknown or expired)")
-    g.service = service
+        raise NotFound(missing or f"no service {service_id!r}")
+    return service
 
 
 def _task_service(task_id: str | None) -> str | None:

@@ -26,12 +26,17 @@ def error_response(status: int, code: str, message: str,
     return jsonify({"error": body}), status
 
 
+def response_for(exc: Exception) -> tuple[Response, int]:
+    """A DetserveError as its documented error; anything else as a logged internal_error."""
+    if isinstance(exc, DetserveError):
+        return error_response(exc.status_code, exc.code, exc.message, exc.fields or None)
+    log.error("unhandled error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
+
+
 def register_error_handlers(app: Flask) -> None:
     """DetserveError, HTTP errors (404, 405, 413, schema errors as 400) and crashes, all as JSON."""
-
-    @app.errorhandler(DetserveError)
-    def _detserve(exc: DetserveError) -> tuple[Response, int]:
-        return error_response(exc.status_code, exc.code, exc.message, exc.fields or None)
+    app.register_error_handler(DetserveError, response_for)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:
@@ -52,10 +57,7 @@ def register_error_handlers(app: Flask) -> None:
             message = "the upload is larger than this server accepts"
         return error_response(status, _CODES.get(status, "error"), message)
 
-    @app.errorhandler(Exception)
-    def _crash(exc: Exception) -> tuple[Response, int]:
-        log.exception("unhandled error")
-        return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
+    app.register_error_handler(Exception, response_for)
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:

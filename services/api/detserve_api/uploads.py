@@ -18,11 +18,10 @@ FIELD = "images"
 
 def image_upload(request: Request) -> bytes:
     """The bytes of the `images` file (b"" when it is absent or empty)."""
-    mimetype, options = parse_options_header(request.headers.get("Content-Type", ""))
-    if mimetype != "multipart/form-data" or not options.get("boundary"):
+    boundary = multipart_boundary(request.headers.get("Content-Type", ""))
+    if boundary is None:
         raise InvalidImage(f"send one {ACCEPTED} image as multipart/form-data in field '{FIELD}'")
-    body = request.get_data(cache=True)
-    found = _split(body, options["boundary"].encode("latin-1"))
+    found = split_image(request.get_data(cache=True), boundary)
     if found is not None:
         return found
     upload = request.files.get(FIELD)  # werkzeug parses what the fast path would not
@@ -34,7 +33,15 @@ def image_upload(request: Request) -> bytes:
         upload.close()
 
 
-def _split(body: bytes, boundary: bytes) -> bytes | None:
+def multipart_boundary(content_type: str) -> bytes | None:
+    """The boundary of a multipart/form-data body; None for any other content type."""
+    mimetype, options = parse_options_header(content_type)
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        return None
+    return options["boundary"].encode("latin-1")
+
+
+def split_image(body: bytes, boundary: bytes) -> bytes | None:
     """The `images` part's content; b"" when there is none; None when the body looks unusual.
 
     Works on offsets and copies only the image out (splitting the whole body would copy every

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from celery.result import AsyncResult
@@ -10,12 +9,11 @@ from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from detserve import images, replies, taskmessages
-from detserve.errors import DetserveError, PredictionTimeout, ServiceNotRunning
-from detserve.processing.image import inspect
-from detserve.status import RUNNING
+from detserve import images, taskmessages
+from detserve.errors import DetserveError
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
+from detserve_api.resources.predictions import sync
 from detserve_api.resources.predictions.schemas import (
     PredictionSchema,
     TaskCreatedSchema,
@@ -32,12 +30,9 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
 
 def _checked_image(service: Any) -> bytes:
     """The upload, once the service is Running and the image's header is acceptable."""
-    if service.status != RUNNING:
-        raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
-                                "for Running before predicting")
+    sync.check_running(service)
     data = image_upload(request)
-    settings = context.settings()
-    inspect(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    sync.check_image(data, context.settings())
     return data
 
 
@@ -46,38 +41,24 @@ class Predict(MethodView):
     @blp.doc(requestBody=IMAGE_BODY)
     @blp.response(200, PredictionSchema)
     def post(self, service_id: str) -> Response:
-        """Detect objects in one image and wait for the answer."""
-        started = time.perf_counter()
-        timeout = context.settings().predict_timeout
-        service = g.service
-        image = _checked_image(service)
-        sent = time.perf_counter()
-        outcome: dict[str, Any] = {"ok": False, "inference_ms": None, "done": 0.0}
+        """Detect objects in one image and wait for the answer.
+
+        Served by the fast path (detserve_api/fastpath.py) unless the request is unusual; both
+        run the same steps (resources/predictions/sync.py).
+        """
+        timings = sync.Timings(g.request_started)
+        image = _checked_image(g.service)
 
         @after_this_request
         def _count(response: Response) -> Response:
-            elapsed = (time.perf_counter() - started) * 1000
-            done = outcome["done"]
-            # Server-Timing: where the time went (browsers' developer tools show it)
-            response.headers["Server-Timing"] = ", ".join(
-                f"{name};dur={value:.2f}" for name, value in (
-                    ("auth", (started - g.request_started) * 1000), ("enqueue", (sent - started) * 1000),
-                    ("worker", (done - sent) * 1000 if done else 0.0),
-                    ("model", outcome["inference_ms"] or 0.0)))
-            context.monitor().record(service_id, elapsed, outcome["ok"], outcome["inference_ms"])
+            response.headers["Server-Timing"] = timings.server_timing()
+            context.monitor().record(service_id, timings.elapsed_ms(), response.status_code == 200,
+                                     timings.inference_ms)
             return response
 
-        # the flavor's sync lane, not a Celery task: nothing but this caller wants the answer
-        answer = context.lanes().call(service.flavor, service.version_id, service.id, image,
-                                      timeout)
-        outcome["done"] = time.perf_counter()
-        if answer is None:
-            raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
-        if answer.error is not None:
-            raise replies.RemoteError(answer.error["code"], answer.error["message"], answer.status)
-        outcome.update(ok=True, inference_ms=answer.inference_ms)
-        # the worker wrote the result in the documented shape: pass its bytes on as they came
-        return current_app.response_class(answer.body, mimetype="application/json")
+        body = sync.predict(context.lanes(), g.service, image, context.settings().predict_timeout,
+                            timings)
+        return current_app.response_class(body, mimetype="application/json")
 
 
 @blp.route("/services/<string:service_id>/predictions")

@@ -1,0 +1,67 @@
+"""What a synchronous prediction does, once: shared by the Flask view and the fast path
+(detserve_api/fastpath.py), so both answer exactly alike."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from detserve import replies, synclane
+from detserve.config import Settings
+from detserve.errors import PredictionTimeout, ServiceNotRunning
+from detserve.processing.image import inspect
+from detserve.status import RUNNING
+
+
+def check_running(service: Any) -> None:
+    if service.status != RUNNING:
+        raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
+                                "for Running before predicting")
+
+
+def check_image(image: bytes, settings: Settings) -> None:
+    """The format and limits, from the header alone: bad input never reaches a queue."""
+    inspect(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+
+
+@dataclass
+class Timings:
+    """Where a prediction's time went (perf_counter seconds), for Server-Timing and monitoring."""
+
+    request: float  # the request reached the app
+    started: float = field(default_factory=time.perf_counter)  # the caller is known
+    sent: float = 0.0  # checked and queued
+    done: float = 0.0  # the worker's answer arrived
+    inference_ms: float | None = None
+
+    def server_timing(self) -> str:
+        """The Server-Timing header: browsers' developer tools show where the time went."""
+        return ", ".join(f"{name};dur={value:.2f}" for name, value in (
+            ("auth", (self.started - self.request) * 1000),
+            ("enqueue", (self.sent - self.started) * 1000 if self.sent else 0.0),
+            ("worker", (self.done - self.sent) * 1000 if self.done else 0.0),
+            ("model", self.inference_ms or 0.0)))
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+def predict(lanes: synclane.LaneClient, service: Any, image: bytes, timeout: float,
+            timings: Timings) -> bytes:
+    """The result's JSON from a worker of the service's flavor, over its sync lane (not a Celery
+    task: nothing but this caller wants the answer).
+
+    Raises:
+        PredictionTimeout: no answer within `timeout` s.
+        RemoteError: the worker's error, with its code and status.
+    """
+    timings.sent = time.perf_counter()
+    answer = lanes.call(service.flavor, service.version_id, service.id, image, timeout)
+    timings.done = time.perf_counter()
+    if answer is None:
+        raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
+    if answer.error is not None:
+        raise replies.RemoteError(answer.error["code"], answer.error["message"], answer.status)
+    timings.inference_ms = answer.inference_ms
+    return answer.body  # already in the documented shape: passed on as the worker wrote it
