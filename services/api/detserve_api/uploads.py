@@ -45,33 +45,47 @@ def split_image(body: bytes, boundary: bytes) -> bytes | None:
     """The `images` part's content; b"" when there is none; None when the body looks unusual.
 
     Works on offsets and copies only the image out (splitting the whole body would copy every
-    part twice: a quarter of a millisecond for a 300 KB photo on our 2-core machines).
+    part twice: a quarter of a millisecond for a 300 KB photo on our 2-core machines). The image is
+    usually the last part, so that one is looked at first: finding its start scans the image
+    backwards, which CPython does at twice the speed of a forward scan.
     """
     delimiter = b"\r\n--" + boundary
     if body.startswith(delimiter[2:]):
-        pos = len(delimiter) - 2
+        first = len(delimiter) - 2
     elif body.startswith(delimiter):
-        pos = len(delimiter)
+        first = len(delimiter)
     else:
         return None  # a preamble: let werkzeug judge
     last = body.rfind(delimiter)
-    if last < 0 or not body.startswith(b"--", last + len(delimiter)):
-        last = pos - len(delimiter)  # the first delimiter may be the closing one
-        if not body.startswith(b"--", pos):
-            return None  # no closing delimiter
+    if last < first or not body.startswith(b"--", last + len(delimiter)):
+        return b"" if body.startswith(b"--", first) else None  # no parts, or no closing delimiter
+    before_last = body.rfind(delimiter, first, last)
+    start = first if before_last < 0 else before_last + len(delimiter)
+    part = _part(body, start, last)
+    if part is None or part[0] == FIELD:
+        return None if part is None else part[1]
+    pos = first
     for _ in range(63):
-        if pos > last:
-            return b""  # past the closing delimiter: no `images` part
-        end = body.find(delimiter, pos)
-        head_end = body.find(b"\r\n\r\n", pos, end)
-        if head_end < 0:
-            return None  # a part without a blank line after its header
-        disposition = next((line for line in body[pos:head_end].split(b"\r\n")
-                            if line.lower().startswith(b"content-disposition:")), None)
-        if disposition is None:
+        if pos >= start:
+            return b""  # every part looked at: no `images` part
+        end = body.find(delimiter, pos, start)
+        if end < 0:
             return None
-        _, params = parse_options_header(disposition.split(b":", 1)[1].decode("latin-1").strip())
-        if params.get("name") == FIELD:
-            return body[head_end + 4:end]
+        part = _part(body, pos, end)
+        if part is None or part[0] == FIELD:
+            return None if part is None else part[1]
         pos = end + len(delimiter)
     return None  # a great many parts: let werkzeug judge
+
+
+def _part(body: bytes, start: int, end: int) -> tuple[str | None, bytes] | None:
+    """The field name and content of the part between two delimiters; None when it is unusual."""
+    head_end = body.find(b"\r\n\r\n", start, end + 2)  # empty content: the blank line ends at end
+    if head_end < 0:
+        return None  # a part without a blank line after its header
+    disposition = next((line for line in body[start:head_end].split(b"\r\n")
+                        if line.lower().startswith(b"content-disposition:")), None)
+    if disposition is None:
+        return None
+    _, params = parse_options_header(disposition.split(b":", 1)[1].decode("latin-1").strip())
+    return params.get("name"), body[head_end + 4:end] if params.get("name") == FIELD else b""
