@@ -100,8 +100,8 @@ class Handoff:
         try:
             self._sender.sendto(head + data, str(self._path(port, SOCK)))
         except OSError as exc:
-            if data.startswith(FILE_MARK):
-                self.discard(data[len(FILE_MARK):].decode())
+            if (file := _file_of(data)) is not None:
+                self.discard(file)
             if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
                 return False  # its thread or process has gone: nobody waits
             raise
@@ -202,16 +202,14 @@ class Port:
         """Put the image in the slot (the previous one is no longer wanted); returns its size."""
         if self._size > SLOT_KEEP_BYTES:
             os.ftruncate(self._fd, 0)  # a huge image does not keep its memory
-        view, offset = memoryview(image), 0
-        while offset < len(view):
-            offset += os.pwrite(self._fd, view[offset:], offset)
+        _write_all(self._fd, image)
         self._size = len(image)
         return self._size
 
     def receive(self, answer_id: str, timeout: float) -> bytes | None:
         """The answer for `answer_id`, or None after `timeout` s. Answers to earlier calls that
         gave up waiting are thrown away."""
-        head = answer_id.encode() + b"\n"
+        wanted = answer_id.encode()
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             self._sock.settimeout(left)
@@ -219,20 +217,13 @@ class Port:
                 n = self._sock.recv_into(self._buf)
             except TimeoutError:
                 return None
-            data = memoryview(self._buf)[:n]
-            if data[:len(head)] != head:
-                self._discard_late(bytes(data))
-                continue
-            body = bytes(data[len(head):])
-            if body.startswith(FILE_MARK):
-                return self.handoff.take(body[len(FILE_MARK):].decode())
-            return body
+            got, _, payload = bytes(memoryview(self._buf)[:n]).partition(b"\n")
+            file = _file_of(payload)
+            if got == wanted:
+                return payload if file is None else self.handoff.take(file)
+            if file is not None:  # a late answer's file must not stay behind
+                self.handoff.discard(file)
         return None
-
-    def _discard_late(self, data: bytes) -> None:
-        _, _, body = data.partition(b"\n")
-        if body.startswith(FILE_MARK):
-            self.handoff.discard(body[len(FILE_MARK):].decode())
 
     def close(self) -> None:
         """Remove the port's files (the worker answering a late call finds it gone)."""
@@ -255,7 +246,13 @@ def _unheld(slot: Path) -> bool:
     return True
 
 
+def _file_of(payload: bytes) -> str | None:
+    """The one-off file an answer datagram points to; None when it carries the answer itself."""
+    return payload[len(FILE_MARK):].decode() if payload.startswith(FILE_MARK) else None
+
+
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    """Write `data` at the start of the file (a new one, or a slot rewritten in place)."""
+    view, offset = memoryview(data), 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
