@@ -244,23 +244,18 @@ class LaneConsumer:
         client = redis.Redis.from_url(self.redis_url)  # one connection per thread: BRPOP blocks it
         answer: tuple[str, bytes] | None = None  # for a reply list: sent with the next BRPOP
         while not self._stop.is_set():
-            if me not in self._client_ids:  # before any turn: a listener must be unblockable
-                try:
-                    self._client_ids[me] = int(client.client_id())
-                except redis.RedisError as exc:
-                    log.warning("sync lane: Redis unavailable (%s); retrying", exc)
-                    self._stop.wait(1.0)
-                    continue
-            displaced = self._take_turn(me)
-            if displaced is None and answer is None and self._listener != me:
-                continue  # still waiting for a turn (woken to look at the stop flag)
-            pipe = client.pipeline(transaction=False)
-            if answer is not None:
-                replies.add(pipe, *answer)
-            if displaced is not None:
-                pipe.client_unblock(displaced)
-            pipe.brpop(self.keys, timeout=IDLE_POLL_SECONDS)  # one round trip for all
             try:
+                if me not in self._client_ids:  # before any turn: a listener must be unblockable
+                    self._client_ids[me] = int(client.client_id())
+                listening, displaced = self._take_turn(me)
+                if not listening:
+                    continue  # woken to look at the stop flag
+                pipe = client.pipeline(transaction=False)
+                if answer is not None:
+                    replies.add(pipe, *answer)
+                if displaced is not None:
+                    pipe.client_unblock(displaced)
+                pipe.brpop(self.keys, timeout=IDLE_POLL_SECONDS)  # one round trip for all
                 item = pipe.execute()[-1]
             except redis.RedisError as exc:
                 log.warning("sync lane: Redis unavailable (%s); retrying", exc)
@@ -281,25 +276,26 @@ class LaneConsumer:
             except redis.RedisError as exc:
                 log.warning("sync lane: could not deliver an answer (%s)", exc)
 
-    def _take_turn(self, me: int) -> int | None:
-        """Become the listener, or wait to be needed (up to a second). A thread that was
-        listening idly instead of us is returned, to be unblocked."""
+    def _take_turn(self, me: int) -> tuple[bool, int | None]:
+        """Whether we listen now (else we waited up to a second to be needed), and the client id
+        of a thread that was listening idly instead of us, to be unblocked."""
         with self._turns:
             listener, warm = self._listener, self._just_answered.pop(me, False)
             if listener is None or listener == me:
                 self._listener = me
-                return None
+                return True, None
             if warm:  # take the turn from the idle listener
                 self._listener = me
-                return self._client_ids.get(listener)
+                return True, self._client_ids.get(listener)
             self._turns.wait(IDLE_POLL_SECONDS)
             if self._listener is not None:
-                return None
+                return False, None
             self._listener = me
         # called in because a thread took a frame: let it read and decode its image first, as
         # our Python (building the BRPOP) would hold the GIL it needs for that
         time.sleep(FOLLOW_DELAY_SECONDS)
-        return None
+        with self._turns:
+            return self._listener == me, None  # it may have finished and taken the turn back
 
     def _pass_turn(self, me: int) -> None:
         """We took a frame: let an idle thread listen meanwhile."""
