@@ -12,15 +12,9 @@ from PIL import Image
 from api_helpers import AUTH, predict, running_service, wait_status
 from conftest import as_config
 from detserve.demo import build_blob_detector
-from support import blobs_image
+from support import blobs_image, image_bytes
 
 GOOD = blobs_image([("red", 40, 40, 90, 90)])
-
-
-def _gif() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16)).save(buf, format="GIF")
-    return buf.getvalue()
 
 
 def _bomb() -> bytes:
@@ -70,7 +64,7 @@ def _cases(running: dict, stopped: dict) -> dict[str, tuple[str, bytes, dict[str
         "wrong bearer": (running["id"], GOOD, {"Authorization": "Bearer nope"}),
         "unknown service": ("nosuch", GOOD, None),
         "stopped service": (stopped["id"], GOOD, None),
-        "gif": (running["id"], _gif(), key),
+        "gif": (running["id"], image_bytes(16, 16, fmt="GIF"), key),
         "empty file": (running["id"], b"", key),
         "too many pixels": (running["id"], _bomb(), key),
     }

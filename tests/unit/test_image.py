@@ -81,19 +81,14 @@ def test_bad_images_are_refused_naming_the_formats(data):
     assert "JPG, JPEG, BMP or PNG" in exc.value.message or "no image" in exc.value.message
 
 
-def _saved(mode: str, fmt: str, size: tuple[int, int], **options) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, 90).save(buf, format=fmt, **options)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize("data", [
-    _saved("RGB", "JPEG", (641, 479)), _saved("L", "JPEG", (33, 1000)),
-    _saved("RGB", "JPEG", (300, 200), progressive=True),
-    _saved("RGB", "JPEG", (120, 80), exif=Image.Exif(), icc_profile=b"\0" * 5000),
+    image_bytes(641, 479, "JPEG"), image_bytes(33, 1000, "JPEG", mode="L"),
+    image_bytes(300, 200, "JPEG", progressive=True),
+    image_bytes(120, 80, "JPEG", exif=Image.Exif(), icc_profile=b"\0" * 5000),
     display_and_stored(6)[1],
-    _saved("RGB", "PNG", (500, 3)), _saved("I;16", "PNG", (7, 9)), _saved("P", "PNG", (64, 65)),
-    _saved("RGB", "BMP", (101, 57)), _saved("1", "BMP", (9, 17)), _saved("RGBA", "BMP", (40, 30)),
+    image_bytes(500, 3, "PNG"), image_bytes(7, 9, "PNG", mode="I;16"),
+    image_bytes(64, 65, "PNG", mode="P"), image_bytes(101, 57, "BMP"),
+    image_bytes(9, 17, "BMP", mode="1"), image_bytes(40, 30, "BMP", mode="RGBA"),
 ], ids=["jpeg", "jpeg-grey", "jpeg-progressive", "jpeg-big-header", "jpeg-exif", "png",
         "png-16bit", "png-palette", "bmp", "bmp-1bit", "bmp-rgba"])
 def test_the_header_reader_agrees_with_pil(data):

@@ -7,6 +7,8 @@ which matters on the hot path. Anything unusual falls back to werkzeug's parser.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from flask import Request
 from werkzeug.http import parse_options_header
 
@@ -59,23 +61,30 @@ def split_image(body: bytes, boundary: bytes) -> bytes | None:
     last = body.rfind(delimiter)
     if last < first or not body.startswith(b"--", last + len(delimiter)):
         return b"" if body.startswith(b"--", first) else None  # no parts, or no closing delimiter
-    before_last = body.rfind(delimiter, first, last)
-    start = first if before_last < 0 else before_last + len(delimiter)
-    part = _part(body, start, last)
-    if part is None or part[0] == FIELD:
-        return None if part is None else part[1]
-    pos = first
-    for _ in range(63):
-        if pos >= start:
-            return b""  # every part looked at: no `images` part
-        end = body.find(delimiter, pos, start)
+    for start, end in _spans(body, delimiter, first, last):
         if end < 0:
-            return None
-        part = _part(body, pos, end)
+            return None  # a missing delimiter, or a great many parts: let werkzeug judge
+        part = _part(body, start, end)
         if part is None or part[0] == FIELD:
             return None if part is None else part[1]
+    return b""  # every part looked at: no `images` part
+
+
+def _spans(body: bytes, delimiter: bytes, first: int, last: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each part, the last one first; (0, -1) after 64 parts."""
+    before_last = body.rfind(delimiter, first, last)
+    last_start = first if before_last < 0 else before_last + len(delimiter)
+    yield last_start, last
+    pos = first
+    for _ in range(63):
+        if pos >= last_start:
+            return
+        end = body.find(delimiter, pos, last_start)
+        yield pos, end
+        if end < 0:
+            return
         pos = end + len(delimiter)
-    return None  # a great many parts: let werkzeug judge
+    yield 0, -1
 
 
 def _part(body: bytes, start: int, end: int) -> tuple[str | None, bytes] | None:
