@@ -96,6 +96,14 @@ def test_up_restart_keeps_everything(tmp_path):
                               headers={"X-Service-Key": running["key"]}, timeout=30)
         assert first.status_code == 200
         assert set(first.json()["detection_classes"]) == {CLASSES[c] for c in truth.classes}
+        bmp = truth.encode("BMP")  # 300 KB: the API's gunicorn worker reads it in one piece
+        with requests.Session() as session:  # and on a kept-alive connection, twice
+            for _ in range(2):
+                big = session.post(f"{api.base}/v1/services/{running['id']}/predict",
+                                   files={"images": ("a.bmp", bmp)},
+                                   headers={"X-Service-Key": running["key"]}, timeout=30)
+                assert big.status_code == 200, big.text
+                assert set(big.json()["detection_classes"]) == {CLASSES[c] for c in truth.classes}
         stop_at = api.service(running["id"])["auto_stop"]["stop_at"]
         # a child that dies is restarted, and the restart is logged
         worker_pid = next(int(line.split(":")[0]) for line in leftovers(data_dir)
