@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from detserve import handoff
 from detserve.errors import InvalidImage
 from detserve.handoff import DATAGRAM_BYTES, Handoff
 
@@ -60,6 +61,35 @@ def test_answering_a_closed_port_says_nobody_waits(shm: Handoff):
     assert list(shm.dir.glob("*.img")) == []
     with pytest.raises(InvalidImage, match="gone"):
         shm.read_image(port.name, 1)
+
+
+def test_a_kept_slot_descriptor_never_outlives_its_port(shm: Handoff):
+    """The worker keeps slot descriptors open: a port that closed is still gone to it, a new
+    port is read afresh, and the sweep lets go of descriptors of closed ports."""
+    ports = [shm.open_port() for _ in range(3)]
+    for i, port in enumerate(ports):
+        port.write(b"image %d" % i)
+        assert shm.read_image(port.name, 7) == b"image %d" % i
+    ports[0].close()
+    with pytest.raises(InvalidImage, match="gone"):
+        shm.read_image(ports[0].name, 7)
+    ports[1].write(b"rewritten")  # a slot is rewritten in place: the kept descriptor sees it
+    assert shm.read_image(ports[1].name, 9) == b"rewritten"
+    ports[2].close()
+    shm.sweep(older_than=600)
+    assert ports[2].name not in shm._slots and ports[1].name in shm._slots
+    ports[1].close()
+
+
+def test_slot_descriptors_kept_are_bounded(shm: Handoff, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(handoff, "SLOT_FDS", 2)
+    ports = [shm.open_port() for _ in range(4)]
+    for port in ports + ports[:1]:
+        port.write(b"abc")
+        assert shm.read_image(port.name, 3) == b"abc"
+    assert list(shm._slots) == [ports[3].name, ports[0].name]  # the most recently used
+    for port in ports:
+        port.close()
 
 
 def test_one_off_files_are_taken_once(shm: Handoff):
