@@ -8,10 +8,11 @@ import random
 import pytest
 from flask import Flask, request
 from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.http import parse_options_header
 from werkzeug.test import encode_multipart
 
 from detserve.errors import InvalidImage
-from detserve_api.uploads import image_upload
+from detserve_api.uploads import _part, image_upload, multipart_boundary
 from detserve_api.uploads import split_image as _split
 
 app = Flask(__name__)
@@ -76,3 +77,37 @@ def test_fast_path_agrees_with_werkzeug_on_random_bodies():
         found = _split(body, ctype.split("boundary=")[1].encode())
         assert found == fields.get("images", b""), fields
         assert read(body, ctype) == fields.get("images", b"")
+
+
+def _werkzeug_boundary(content_type: str) -> bytes | None:
+    mimetype, options = parse_options_header(content_type)
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        return None
+    return options["boundary"].encode("latin-1")
+
+
+def test_headers_read_without_werkzeug_read_as_werkzeug_reads_them():
+    """The usual Content-Type and Content-Disposition forms skip werkzeug's parser: on these and
+    on random variations of them the result is what werkzeug's parser gives."""
+    rng = random.Random(11)
+    alphabet = "aZ09'()+_,./:=?- \"\\;%*\t"
+    types = ["multipart/form-data; boundary=abc", "Multipart/Form-Data;boundary=\"a b\"",
+             "multipart/form-data; boundary=\"abc \"", "multipart/form-data; boundary=",
+             "multipart/form-data; boundary=a; charset=utf-8", "multipart/mixed; boundary=a",
+             "multipart/form-data; boundary=" + "x" * 71, "multipart/form-data; boundary=a=b"]
+    types += ["multipart/form-data; boundary=" + "".join(rng.choices(alphabet, k=rng.randint(0, 8)))
+              for _ in range(400)]
+    for content_type in types:
+        assert multipart_boundary(content_type) == _werkzeug_boundary(content_type), content_type
+    names = ['images', 'a b', '', 'images"', 'x;y', 'IMAGES', 'images\\', "images'"]
+    names += ["".join(rng.choices(alphabet, k=rng.randint(0, 6))) for _ in range(400)]
+    for name in names:
+        for form in (f'form-data; name="{name}"', f'form-data; NAME="{name}"',
+                     f'form-data; name="{name}"; filename="a.jpg"',
+                     f'Form-Data;name="{name}";filename="{name}"', f"form-data; name={name}"):
+            head = f"Content-Disposition: {form}".encode("latin-1")
+            body = b"--b\r\n" + head + b"\r\n\r\nIMG\r\n--b--\r\n"
+            wanted = parse_options_header(form)[1].get("name")
+            assert _part(body, 3, body.rfind(b"\r\n--b")) == \
+                (wanted, b"IMG" if wanted == "images" else b""), form
+            assert _split(body, b"b") == (b"IMG" if wanted == "images" else b""), form

@@ -7,6 +7,7 @@ which matters on the hot path. Anything unusual falls back to werkzeug's parser.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from flask import Request
@@ -16,6 +17,14 @@ from detserve.errors import InvalidImage
 from detserve.processing.image import ACCEPTED
 
 FIELD = "images"
+# The forms every HTTP client sends, read with one regular expression; anything else goes to
+# werkzeug's general parser (parameters in any order, escapes, RFC 2231), which costs a
+# twentieth of a millisecond a call when the caches are cold, as they are between predictions.
+_USUAL_CONTENT_TYPE = re.compile(
+    r'multipart/form-data;[ \t]*boundary=(?:([0-9A-Za-z\'+_.-]{1,70})|'
+    r'"([0-9A-Za-z\'()+_,./:=? -]{0,69}[0-9A-Za-z\'()+_,./:=?-])")')
+_USUAL_DISPOSITION = re.compile(r'form-data;[ \t]*name="([^"\\]*)"(?:;[ \t]*filename="[^"\\]*")?',
+                                re.IGNORECASE)
 
 
 def image_upload(request: Request) -> bytes:
@@ -37,6 +46,8 @@ def image_upload(request: Request) -> bytes:
 
 def multipart_boundary(content_type: str) -> bytes | None:
     """The boundary of a multipart/form-data body; None for any other content type."""
+    if usual := _USUAL_CONTENT_TYPE.fullmatch(content_type):
+        return (usual.group(1) or usual.group(2)).encode("latin-1")
     mimetype, options = parse_options_header(content_type)
     if mimetype != "multipart/form-data" or not options.get("boundary"):
         return None
@@ -96,5 +107,9 @@ def _part(body: bytes, start: int, end: int) -> tuple[str | None, bytes] | None:
                         if line.lower().startswith(b"content-disposition:")), None)
     if disposition is None:
         return None
-    _, params = parse_options_header(disposition.split(b":", 1)[1].decode("latin-1").strip())
-    return params.get("name"), body[head_end + 4:end] if params.get("name") == FIELD else b""
+    value = disposition.split(b":", 1)[1].decode("latin-1").strip()
+    if usual := _USUAL_DISPOSITION.fullmatch(value):
+        name: str | None = usual.group(1)
+    else:
+        name = parse_options_header(value)[1].get("name")
+    return name, body[head_end + 4:end] if name == FIELD else b""
