@@ -26,7 +26,9 @@ from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import ThreadWorker
 
-LINGER_SECONDS = 1.0  # longer than a client's work between two calls usually takes
+# Longer than a client calling in a loop usually spends between two calls, short enough that a
+# request queued while every other thread is busy does not wait long for a lingering one.
+LINGER_SECONDS = 0.25
 POLL_SLICE_SECONDS = 0.25  # how soon a lingering thread notices that the worker is stopping
 WHOLE_BODY_BYTES = 64 * 1024  # bodies from this size up are read by WholeBody
 
