@@ -84,3 +84,39 @@ def test_idle_threads_leave_redis_alone(lane, monkeypatch):
     time.sleep(2.0)
     # one listener renews its BRPOP each second; the others wait without a command
     assert len(sent) <= 3 and len(set(sent)) <= 1, sent
+
+
+def test_frames_through_shared_memory_leave_no_reply_to_read(redis_base: str, tmp_path):
+    """The API pushes a port's frame without Redis replies: its connection never holds bytes
+    to be read, and the lane still expires once its callers have given up."""
+    from detserve.handoff import Handoff
+
+    url = f"{redis_base}/{claim_redis_db(redis_base)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    shm = Handoff(tmp_path / "shm")
+    consumer = synclane.LaneConsumer(url, FLAVOR, Recorder(), threads=1, handoff=shm)
+    consumer.start()
+    lanes = synclane.LaneClient(client, shm)
+    try:
+        client.zadd(synclane.LOCAL_LANES.format(flavor=FLAVOR), {shm.id: time.time()})
+        for i in range(5):
+            answer = lanes.call(FLAVOR, 1, "svc", f"img{i}".encode(), timeout=10)
+            assert answer is not None and json.loads(answer.body)["image"] == f"img{i}"
+        conn = lanes._thread.conn
+        conn._sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            conn._sock.recv(1)  # nothing waiting: no reply was sent
+        conn._sock.setblocking(True)
+        consumer.stop()
+        consumer.join()
+        # with no worker taking it, the frame's lane expires a minute after its caller gave up
+        client.zadd(synclane.LOCAL_LANES.format(flavor=FLAVOR), {shm.id: time.time()})
+        assert lanes.call(FLAVOR, 1, "svc", b"img", timeout=0.2) is None
+        key = synclane.LOCAL_KEY.format(flavor=FLAVOR, shm_id=shm.id)
+        assert client.llen(key) == 1 and 50 < client.ttl(key) <= 61
+    finally:
+        consumer.stop()
+        consumer.join()
+        lanes.close()
+        shm.close()
