@@ -14,24 +14,12 @@ from pathlib import Path
 from flask import Flask, Response, request
 
 from detserve import allocator
-from detserve.backends.onnxruntime import OnnxRuntimeBackend
-from detserve.inference import Detector, Limits
-from detserve.packages import read_package
-
-
-def in_process_detector(model: bytes, threads: int) -> Detector:
-    """detserve's own pipeline on ONNX Runtime, outside any server (the bench's ceiling too)."""
-    package = read_package(model, None, max_bytes=1 << 30)
-    spec = {"input": package.input, "output": package.output}
-    detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec, threads=threads),
-                        {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
-    detector.warm_up()
-    return detector
+from detserve.standalone import local_detector
 
 
 def create_app() -> Flask:
     allocator.tune()  # as detserve's processes do: the comparison is of the architecture alone
-    detector = in_process_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
+    detector = local_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
     app = Flask(__name__)
 
     @app.post("/predict")

@@ -45,8 +45,8 @@ from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.demo import demo_model_bytes  # noqa: E402
 from detserve.inference import Detector  # noqa: E402
+from detserve.standalone import local_detector  # noqa: E402
 from detserve.supervisor import free_port  # noqa: E402
-from plain_flask import in_process_detector  # noqa: E402
 
 CACHE = ROOT / ".bench-cache"
 BOUNDARY = "----detservebench"
@@ -280,7 +280,7 @@ def main() -> None:
                 script = Path(tmp) / f"{name}.lua"
                 wrk_script(script, image_path, key)
                 url = f"{base}/v1/services/{service_id}/predict"
-                detector = in_process_detector(model, settings.ort_threads)
+                detector = local_detector(model, settings.ort_threads)
                 detector.infer(image)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
                 results[name] = measure(name, url, script, key, detector, image, args,

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.demo import demo_model_bytes  # noqa: E402
+from detserve.standalone import local_detector  # noqa: E402
 from detserve.supervisor import free_port  # noqa: E402
-from plain_flask import in_process_detector  # noqa: E402
 from run import BOUNDARY, _read_response, deploy  # noqa: E402
 
 PACKAGES = ("shared", "services/api", "services/worker-cpu", "services/worker-gpu",
@@ -99,7 +99,7 @@ def main() -> None:
                 token = (data_dir / "admin_token").read_text().strip()
                 service_id, key = deploy(f"http://127.0.0.1:{port}", token, "side-by-side", model)
                 calls[name] = caller(port, service_id, key, image)
-            detector = in_process_detector(model, Settings.from_env(environ={}).ort_threads)
+            detector = local_detector(model, Settings.from_env(environ={}).ort_threads)
 
             def added(name: str) -> float:
                 route = calls[name]()

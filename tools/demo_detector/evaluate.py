@@ -15,17 +15,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "shared"))
 
-from detserve.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from detserve.inference import Detector, Limits  # noqa: E402
-from detserve.packages import read_package  # noqa: E402
+from detserve.standalone import local_detector  # noqa: E402
 from detserve.synthetic import CLASSES, average_precision, iou, scene  # noqa: E402
 
 
 def evaluate(model_bytes: bytes, images: int, iou_threshold: float = 0.5) -> dict[str, float]:
-    package = read_package(model_bytes, None, max_bytes=1 << 30)
-    spec = {"input": package.input, "output": package.output}
-    detector = Detector(OnnxRuntimeBackend.from_package(package.onnx_bytes, spec, threads=2),
-                        {"labels": package.labels, **spec}, Limits(1 << 30, 1 << 30))
+    detector = local_detector(model_bytes, threads=2)
     rows: dict[int, list[tuple[int, float, bool]]] = {c: [] for c in range(len(CLASSES))}
     positives = dict.fromkeys(range(len(CLASSES)), 0)
     for seed in range(images):
