@@ -23,16 +23,24 @@ from support import ROOT, Proc, free_port, wait_for
 THREADS = 2  # so at most one thread lingers
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[int]:
+def _gunicorn(log: Path, threads: int, timeouts: int) -> tuple[Proc, int]:
+    """The echo app under gunicorn with the API's worker class; keep-alive and graceful timeouts
+    of `timeouts` s. Returns once it listens."""
     port = free_port()
     cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
            "--worker-class", "detserve_api.httpworker.LingeringThreadWorker",
-           "--threads", str(THREADS), "--keep-alive", "5", "--graceful-timeout", "10",
+           "--threads", str(threads), "--keep-alive", str(timeouts),
+           "--graceful-timeout", str(timeouts),
            "--pythonpath", f"{ROOT / 'tests'},{ROOT / 'services' / 'api'}", "wsgi_echo:app"]
-    proc = Proc("gunicorn", cmd, {"PATH": "/usr/bin:/bin"}, tmp_path / "gunicorn.log").start()
+    proc = Proc("gunicorn", cmd, {"PATH": "/usr/bin:/bin"}, log).start()
+    wait_for(lambda: _accepts(port), 30, what=lambda: f"gunicorn to listen:\n{proc.tail()}")
+    return proc, port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[int]:
+    proc, port = _gunicorn(tmp_path / "gunicorn.log", THREADS, timeouts=10)
     try:
-        wait_for(lambda: _accepts(port), 30, what=lambda: f"gunicorn to listen:\n{proc.tail()}")
         yield port
     finally:
         assert proc.stop(timeout=20) == 0, proc.tail()
@@ -159,18 +167,15 @@ def test_a_client_leaving_while_lingered_on_does_no_harm(server: int) -> None:
 
 
 def test_stopping_with_a_lingering_connection_is_prompt(tmp_path: Path) -> None:
-    port = free_port()
-    cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-           "--worker-class", "detserve_api.httpworker.LingeringThreadWorker", "--threads", "4",
-           "--keep-alive", "30", "--graceful-timeout", "30",
-           "--pythonpath", f"{ROOT / 'tests'},{ROOT / 'services' / 'api'}", "wsgi_echo:app"]
-    proc = Proc("gunicorn", cmd, {"PATH": "/usr/bin:/bin"}, tmp_path / "gunicorn.log").start()
-    wait_for(lambda: _accepts(port), 30, what=lambda: f"gunicorn to listen:\n{proc.tail()}")
-    with _connect(port) as sock:
-        sock.sendall(_request("/linger"))
-        _answer(sock)
-        started = time.monotonic()
-        proc.kill(signal.SIGTERM)
-        assert proc.proc is not None
-        assert proc.proc.wait(timeout=20) == 0, proc.tail()
-        assert time.monotonic() - started < 10  # not the 30 s keep-alive or graceful timeout
+    proc, port = _gunicorn(tmp_path / "gunicorn.log", threads=4, timeouts=30)
+    try:
+        with _connect(port) as sock:
+            sock.sendall(_request("/linger"))
+            _answer(sock)
+            started = time.monotonic()
+            proc.kill(signal.SIGTERM)
+            assert proc.proc is not None
+            assert proc.proc.wait(timeout=20) == 0, proc.tail()
+            assert time.monotonic() - started < 10  # not the 30 s keep-alive or graceful timeout
+    finally:
+        proc.kill()  # whatever failed, nothing is left running
