@@ -48,6 +48,7 @@ ADVERTISE_SECONDS = 2.0
 SWEEP_SECONDS = 60.0
 ORPHAN_SECONDS = 600.0  # what a dead process left in shared memory is removed after this long
 PORT_RETRY_SECONDS = 10.0  # a thread that could not open a port tries again after this long
+LANE_KEEP_SECONDS = 60  # a lane no worker takes from vanishes this long after its last caller gave up
 FOLLOW_DELAY_SECONDS = 0.002  # a thread called in to listen waits this long first (_take_turn)
 
 
@@ -121,8 +122,7 @@ class LaneClient:
         (Redis runs them in order, so the frame is queued before the wait starts)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.lpush(key, encode(frame))
-        # with no worker of the flavor running, the frames vanish once their callers have given up
-        pipe.expireat(key, int(frame.deadline) + 60)
+        pipe.expireat(key, int(frame.deadline) + LANE_KEEP_SECONDS)
         pipe.blpop([frame.reply_to], timeout=timeout)
         item = pipe.execute()[-1]
         return None if item is None else replies.decode(item[1])
@@ -130,7 +130,8 @@ class LaneClient:
     def _through_port(self, port: Port, key: str, frame: Frame,
                       timeout: float) -> replies.Answer | None:
         self._connection().send_packed_command([silent_push(
-            key.encode(), encode(frame), int(frame.deadline) + 60)], check_health=False)
+            key.encode(), encode(frame), int(frame.deadline) + LANE_KEEP_SECONDS)],
+            check_health=False)
         data = port.receive(frame.reply_to, timeout)
         return None if data is None else replies.decode(data)
 
