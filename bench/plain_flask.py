@@ -14,7 +14,7 @@ from pathlib import Path
 from flask import Flask, Response, request
 
 from detserve import allocator
-from detserve.standalone import local_detector
+from detserve.inference.standalone import local_detector
 
 
 def create_app() -> Flask:

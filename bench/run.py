@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
-from detserve.demo import demo_model_bytes  # noqa: E402
-from detserve.inference import Detector  # noqa: E402
-from detserve.standalone import local_detector  # noqa: E402
-from detserve.supervisor import free_port  # noqa: E402
+from detserve.inference.detector import Detector  # noqa: E402
+from detserve.inference.standalone import local_detector  # noqa: E402
+from detserve.service.demo import demo_model_bytes  # noqa: E402
+from detserve_launcher.supervisor import free_port  # noqa: E402
 
 CACHE = ROOT / ".bench-cache"
 BOUNDARY = "----detservebench"
@@ -55,7 +55,7 @@ BOUNDARY = "----detservebench"
 def start_detserve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETSERVE_")}
     log = open(data_dir.parent / "up.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "detserve.cli", "up", "--data-dir", str(data_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "detserve_launcher.cli", "up", "--data-dir", str(data_dir),
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
-from detserve.demo import demo_model_bytes  # noqa: E402
-from detserve.standalone import local_detector  # noqa: E402
-from detserve.supervisor import free_port  # noqa: E402
+from detserve.inference.standalone import local_detector  # noqa: E402
+from detserve.service.demo import demo_model_bytes  # noqa: E402
+from detserve_launcher.supervisor import free_port  # noqa: E402
 from run import BOUNDARY, _read_response, deploy  # noqa: E402
 
 PACKAGES = ("shared", "services/api", "services/worker-cpu", "services/worker-gpu",
-            "services/scheduler")
+            "services/scheduler", "services/launcher")
 
 
 def start(tree: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -47,7 +47,9 @@ def start(tree: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env["PYTHONPATH"] = os.pathsep.join(str(tree / p) for p in PACKAGES)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "detserve.cli", "up", "--data-dir",
+    # checkouts from before the launcher had its own package run it as detserve.cli
+    cli = "detserve_launcher.cli" if (tree / "services/launcher").is_dir() else "detserve.cli"
+    proc = subprocess.Popen([sys.executable, "-m", cli, "up", "--data-dir",
                              str(data_dir), "--port", str(port)], env=env,
                             stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.time() + 180

@@ -24,9 +24,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 
+from detserve.inference.synthetic import scene  # noqa: E402
 from detserve.processing import postprocess  # noqa: E402
 from detserve.processing.preprocess import resize, to_tensor  # noqa: E402
-from detserve.synthetic import scene  # noqa: E402
 
 SIZE = 640
 SPEC = {"layout": "v8", "score_threshold": 0.25, "iou_threshold": 0.45, "max_detections": 300}

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from detserve.config import Settings
-from detserve.supervisor import free_port  # noqa: F401  (tests import it from here)
+from detserve_launcher.supervisor import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"
@@ -41,7 +41,7 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **extra}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / p) for p in ("shared", "services/api", "services/scheduler",
-                                 "services/worker-cpu", "services/worker-gpu")]
+                                 "services/worker-cpu", "services/worker-gpu", "services/launcher")]
         + [env.get("PYTHONPATH", "")])
     return env
 
@@ -90,7 +90,7 @@ class Proc:
 
 
 def detserve_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "detserve.cli", *args]
+    return [sys.executable, "-m", "detserve_launcher.cli", *args]
 
 
 def start_component(settings: Settings, name: str, *args: str) -> Proc:

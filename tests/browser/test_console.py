@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from api_helpers import AUTH, predict
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 from support import ADMIN, ROOT, blobs_image
 
 CHROMIUM = "/usr/bin/chromium"

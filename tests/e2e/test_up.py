@@ -13,8 +13,8 @@ import requests
 from api_client import ApiClient
 
 from detserve.config import Settings
-from detserve.supervisor import embedded_shm_dir
-from detserve.synthetic import CLASSES, scene
+from detserve.inference.synthetic import CLASSES, scene
+from detserve_launcher.supervisor import embedded_shm_dir
 from support import Proc, child_env, detserve_cmd, free_port, wait_for
 
 pytestmark = pytest.mark.slow

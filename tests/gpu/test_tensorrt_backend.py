@@ -11,10 +11,10 @@ import pytest
 
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
-from detserve.demo import demo_model_bytes
-from detserve.inference import Detector, Limits
-from detserve.packages import read_package
-from detserve.synthetic import iou, scene
+from detserve.inference.detector import Detector, Limits
+from detserve.inference.synthetic import iou, scene
+from detserve.service.demo import demo_model_bytes
+from detserve.service.packages import read_package
 
 pytestmark = pytest.mark.gpu
 
@@ -32,7 +32,7 @@ def _gpu_backend():
 
 
 def _detectors(precision: str, tmp_path):
-    from detserve.artifacts import ArtifactStore
+    from detserve.service.artifacts import ArtifactStore
 
     backend_cls = _gpu_backend()
     package = read_package(demo_model_bytes(), None, max_bytes=1 << 30)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from api_helpers import AUTH, upload
-from detserve.artifacts import ArtifactStore
-from detserve.demo import build_blob_detector
 from detserve.errors import ModelLoadError
+from detserve.service.artifacts import ArtifactStore
+from detserve.service.demo import build_blob_detector
 from support import ADMIN
 
 

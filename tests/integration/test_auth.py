@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from api_helpers import AUTH, predict, running_service
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 from support import blobs_image
 
 

@@ -10,7 +10,7 @@ import pytest
 from api_helpers import AUTH, deploy, predict, upload, wait_status
 from conftest import Stack, make_settings
 from detserve import tasknames as names
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 from support import blobs_image
 
 HOUR = 2.0
@@ -173,7 +173,7 @@ def test_a_lost_deploy_ends_failed_not_stuck(tmp_path_factory, redis_base):
     # given a stack whose deploys time out after 2 s, and a gpu service no gpu worker will take
     import redis as redis_lib
 
-    from detserve import heartbeats
+    from detserve.monitoring import heartbeats
 
     settings = make_settings(tmp_path_factory.mktemp("stuck"), redis_base, deploy_timeout=2.0,
                              sweep_seconds=SWEEP)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from api_helpers import predict, running_service
-from detserve.demo import demo_model_bytes
-from detserve.synthetic import CLASSES, iou, scene
+from detserve.inference.synthetic import CLASSES, iou, scene
+from detserve.service.demo import demo_model_bytes
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from api_helpers import AUTH, deploy, predict, running_service, upload, wait_status
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 from detserve.store import Service
 from support import blobs_image, failing_model, wait_for
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from api_helpers import AUTH, predict, running_service, wait_status
 from conftest import as_config
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 from support import blobs_image, image_bytes
 
 GOOD = blobs_image([("red", 40, 40, 90, 90)])

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from api_helpers import AUTH, predict, upload, wait_status
-from detserve import heartbeats
+from detserve.monitoring import heartbeats
 from support import (
     ROOT,
     Proc,

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from conftest import claim_redis_db
-from detserve import synclane
+from detserve.lane import synclane
 
 FLAVOR = "turns"
 
@@ -89,7 +89,7 @@ def test_idle_threads_leave_redis_alone(lane, monkeypatch):
 def test_frames_through_shared_memory_leave_no_reply_to_read(redis_base: str, tmp_path):
     """The API pushes a port's frame without Redis replies: its connection never holds bytes
     to be read, and the lane still expires once its callers have given up."""
-    from detserve.handoff import Handoff
+    from detserve.lane.handoff import Handoff
 
     url = f"{redis_base}/{claim_redis_db(redis_base)}"
     client = redis.Redis.from_url(url)

@@ -6,7 +6,7 @@ import uuid
 
 import redis
 
-from detserve import monitoring
+from detserve.monitoring import counters as monitoring
 
 
 def test_summed_counts_are_exact(stack):

@@ -11,8 +11,8 @@ from PIL import Image
 
 from api_helpers import AUTH, predict, running_service
 from conftest import as_config
-from detserve import replies, synclane
-from detserve.demo import build_blob_detector
+from detserve.lane import replies, synclane
+from detserve.service.demo import build_blob_detector
 from detserve_api.auth import HOT_QUERY
 from support import blobs_image, image_bytes, wait_for
 
@@ -140,7 +140,8 @@ def test_monitoring_counts_requests(client, service):
 def test_no_worker_answer_is_504(stack, client):
     import redis
 
-    from detserve import heartbeats, status
+    from detserve.monitoring import heartbeats
+    from detserve.service import status
     from detserve_api import create_app
     from support import image_bytes as img
 
@@ -165,7 +166,7 @@ def test_no_worker_answer_is_504(stack, client):
 
 
 def test_sync_predictions_hand_images_over_in_shared_memory(stack, client, service):
-    from detserve.handoff import Handoff
+    from detserve.lane.handoff import Handoff
 
     shm = Handoff(stack.settings.shm_dir)
     lanes = stack.app.extensions["detserve"]["lanes"]

@@ -8,7 +8,7 @@ import json
 import redis
 
 from detserve import tasknames as names
-from detserve.taskmessages import publish_prediction
+from detserve.lane.taskmessages import publish_prediction
 
 VOLATILE = {"id", "root_id", "origin", "argsrepr", "correlation_id", "reply_to",
             "delivery_tag"}

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from api_helpers import AUTH, deploy, upload
 from conftest import as_config
-from detserve.demo import build_blob_detector
+from detserve.service.demo import build_blob_detector
 
 DEMO = build_blob_detector().SerializeToString()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from detserve.batching import Batcher
+from detserve.inference.batching import Batcher
 
 
 def doubling(items):

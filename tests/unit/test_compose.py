@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from detserve.cli import build_parser
+from detserve_launcher.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 

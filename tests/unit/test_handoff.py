@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from detserve import handoff
 from detserve.errors import InvalidImage
-from detserve.handoff import DATAGRAM_BYTES, Handoff
+from detserve.lane import handoff
+from detserve.lane.handoff import DATAGRAM_BYTES, Handoff
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_names_outside_the_directory_are_refused(shm: Handoff, name: str):
 
 def test_sweep_removes_what_dead_processes_left_and_nothing_alive(shm: Handoff):
     # given a port whose process died without closing it, a live port, an old and a new file
-    code = ("import sys; from detserve.handoff import Handoff; "
+    code = ("import sys; from detserve.lane.handoff import Handoff; "
             "print(Handoff(sys.argv[1]).open_port().name)")
     dead = subprocess.run([sys.executable, "-c", code, str(shm.dir)], check=True,
                           capture_output=True, text=True).stdout.strip()

@@ -3,9 +3,9 @@ scene's objects, with the config read from the model as registering it would."""
 
 from __future__ import annotations
 
-from detserve.demo import demo_model_bytes
-from detserve.standalone import local_detector
-from detserve.synthetic import CLASSES, scene
+from detserve.inference.standalone import local_detector
+from detserve.inference.synthetic import CLASSES, scene
+from detserve.service.demo import demo_model_bytes
 
 
 def test_the_demo_detector_runs_outside_a_service():

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from detserve import status
 from detserve.errors import StaleTransition
+from detserve.service import status
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
 
 PG_URL = os.environ.get("DETSERVE_TEST_POSTGRES_URL")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from detserve import replies, synclane
 from detserve.errors import ImageTooLarge
+from detserve.lane import replies, synclane
 
 
 @pytest.mark.parametrize("image", [b"", b"\n\n{}\n", bytes(range(256)) * 1000])

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import fakes
-from detserve.artifacts import ArtifactStore
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
-from detserve.demo import build_blob_detector
 from detserve.errors import ModelLoadError
-from detserve.inference import Detector, Limits
-from detserve.packages import read_package
+from detserve.inference.detector import Detector, Limits
+from detserve.service.artifacts import ArtifactStore
+from detserve.service.demo import build_blob_detector
+from detserve.service.packages import read_package
 from support import blobs_image, dynamic_batch_model, failing_model
 
 # Names of the TensorRT 10 Python API and of pycuda.driver, from their documentation

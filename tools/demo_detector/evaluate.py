@@ -15,8 +15,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "shared"))
 
-from detserve.standalone import local_detector  # noqa: E402
-from detserve.synthetic import CLASSES, average_precision, iou, scene  # noqa: E402
+from detserve.inference.standalone import local_detector  # noqa: E402
+from detserve.inference.synthetic import CLASSES, average_precision, iou, scene  # noqa: E402
 
 
 def evaluate(model_bytes: bytes, images: int, iou_threshold: float = 0.5) -> dict[str, float]:

@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
+from detserve.inference.synthetic import CLASSES, scene  # noqa: E402
 from detserve.processing.preprocess import resize  # noqa: E402
-from detserve.synthetic import CLASSES, scene  # noqa: E402
 from model import SIZE, STRIDE, DemoDetector  # noqa: E402
 
 TRAIN_SEED_BASE = 1_000_000  # evaluation uses seeds below this; training never sees them

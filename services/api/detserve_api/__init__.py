@@ -10,13 +10,15 @@ from celery import Celery
 from flask import Flask
 from flask_smorest import Api
 
-from detserve import __version__, allocator, monitoring, synclane
-from detserve.artifacts import ArtifactStore
-from detserve.bus import CeleryBus
+from detserve import __version__, allocator
 from detserve.celery_app import make_celery
 from detserve.config import Settings, admin_token
-from detserve.deployments import Runtime
-from detserve.handoff import Handoff
+from detserve.lane import synclane
+from detserve.lane.bus import CeleryBus
+from detserve.lane.handoff import Handoff
+from detserve.monitoring import counters as monitoring
+from detserve.service.artifacts import ArtifactStore
+from detserve.service.deployments import Runtime
 from detserve.store import Store
 from detserve_api import auth, console, errors
 from detserve_api.fastpath import PredictFastPath

@@ -15,8 +15,8 @@ from typing import Any
 from flask import Flask, g, request
 from sqlalchemy import bindparam, select
 
-from detserve.deployments import hash_key
 from detserve.errors import Forbidden, NotFound, Unauthorized
+from detserve.service.deployments import hash_key
 from detserve.store import Service, Store
 from detserve_api import context
 

@@ -8,9 +8,11 @@ import redis
 from celery import Celery
 from flask import current_app
 
-from detserve import heartbeats, monitoring, synclane
 from detserve.config import Settings
-from detserve.deployments import Runtime
+from detserve.lane import synclane
+from detserve.monitoring import counters as monitoring
+from detserve.monitoring import heartbeats
+from detserve.service.deployments import Runtime
 
 
 def _ext() -> dict[str, Any]:

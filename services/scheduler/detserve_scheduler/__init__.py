@@ -10,7 +10,7 @@ from celery import Celery
 from detserve import tasknames as names
 from detserve.celery_app import make_celery
 from detserve.config import Settings
-from detserve.heartbeats import connect_heartbeat
+from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve_scheduler.tasks import register_scheduler_tasks
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from celery import Celery
 
-from detserve import deployments
 from detserve import tasknames as names
-from detserve.artifacts import ArtifactStore
-from detserve.bus import CeleryBus
 from detserve.config import Settings
+from detserve.lane.bus import CeleryBus
+from detserve.service import deployments
+from detserve.service.artifacts import ArtifactStore
 from detserve.store import Store
 
 log = logging.getLogger("detserve.scheduler")

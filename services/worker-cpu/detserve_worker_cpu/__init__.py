@@ -10,7 +10,7 @@ from celery import Celery
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.celery_app import make_celery
 from detserve.config import Settings
-from detserve.worker import register_worker_tasks
+from detserve.inference.worker import register_worker_tasks
 
 
 def make_worker(settings: Settings) -> Celery:

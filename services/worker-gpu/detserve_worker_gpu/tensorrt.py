@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised where TensorRT is abs
         f"with an NVIDIA GPU and CUDA ({exc})"
     ) from exc
 
-log = logging.getLogger("detserve.worker.gpu")
+log = logging.getLogger("detserve.inference.worker.gpu")
 ENGINE_KIND = "engines"
 
 

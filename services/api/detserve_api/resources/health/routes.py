@@ -10,8 +10,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
-from detserve import monitoring
 from detserve.errors import Unavailable
+from detserve.monitoring import counters as monitoring
 from detserve_api import context
 
 blp = Blueprint("health", __name__, url_prefix="", description="Health and metrics")

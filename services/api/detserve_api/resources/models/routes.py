@@ -9,8 +9,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from detserve import versions
 from detserve.errors import NotFound
+from detserve.service import versions
 from detserve.store import ModelVersion
 from detserve_api import context
 from detserve_api.resources.models.schemas import (

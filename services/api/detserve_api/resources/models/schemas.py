@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_smorest.fields import Upload
 from marshmallow import Schema, fields, validate
 
-from detserve.status import VERSION_STATUSES
+from detserve.service.status import VERSION_STATUSES
 
 
 class VersionSchema(Schema):

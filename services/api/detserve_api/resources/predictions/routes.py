@@ -9,8 +9,9 @@ from flask import Response, after_this_request, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from detserve import images, taskmessages
 from detserve.errors import DetserveError
+from detserve.lane import taskmessages
+from detserve.processing import headers as images
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.resources.predictions import sync

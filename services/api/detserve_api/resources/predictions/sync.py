@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from detserve import replies, synclane
 from detserve.config import Settings
 from detserve.errors import PredictionTimeout, ServiceNotRunning
+from detserve.lane import replies, synclane
 from detserve.processing.image import inspect
-from detserve.status import RUNNING
+from detserve.service.status import RUNNING
 
 
 def check_running(service: Any) -> None:

@@ -8,9 +8,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
 
-from detserve import deployments, monitoring, versions
 from detserve.errors import FlavorUnavailable
-from detserve.status import ACTIVE, STOPPED
+from detserve.monitoring import counters as monitoring
+from detserve.service import deployments, versions
+from detserve.service.status import ACTIVE, STOPPED
 from detserve.store import Service
 from detserve_api import context
 from detserve_api.resources.services.schemas import (

@@ -8,7 +8,7 @@ from typing import Any
 from flask import url_for
 
 from detserve.config import Settings
-from detserve.status import RUNNING
+from detserve.service.status import RUNNING
 from detserve.store import Service, utcnow
 
 

@@ -12,14 +12,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from detserve import status
-from detserve.artifacts import ArtifactStore
-from detserve.bus import Bus
 from detserve.errors import (
     NotFound,
     StaleTransition,
     VersionNotDeployable,
 )
+from detserve.lane.bus import Bus
+from detserve.service import status
+from detserve.service.artifacts import ArtifactStore
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
 
 

@@ -16,7 +16,7 @@ import redis
 WINDOW_MINUTES = 60
 KEEP_SECONDS = 2 * 3600
 MAX_SAMPLES = 2000  # latencies kept per service-minute for percentiles
-log = logging.getLogger("detserve.monitoring")
+log = logging.getLogger("detserve.monitoring.counters")
 
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 

@@ -33,11 +33,11 @@ from typing import Any, cast
 
 import redis
 
-from detserve import replies
 from detserve.errors import InvalidImage
-from detserve.handoff import Handoff, Port
+from detserve.lane import replies
+from detserve.lane.handoff import Handoff, Port
 
-log = logging.getLogger("detserve.synclane")
+log = logging.getLogger("detserve.lane.synclane")
 
 KEY = "detserve:lane:{flavor}"  # frames carrying their image; any worker of the flavor takes them
 LOCAL_KEY = "detserve:lane:{flavor}:{shm_id}"  # frames whose image waits in that shared memory

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from detserve import status
-from detserve.deployments import Runtime
 from detserve.errors import InvalidModel, NotFound, VersionInUse
-from detserve.packages import read_package
+from detserve.service import status
+from detserve.service.deployments import Runtime
+from detserve.service.packages import read_package
 from detserve.store import ModelVersion, Service, utcnow
 
 

@@ -15,8 +15,8 @@ from marshmallow import ValidationError
 from onnx import external_data_helper
 
 from detserve.errors import InvalidModel, PayloadTooLarge
-from detserve.modelconfig import load_config
 from detserve.processing.postprocess import match_outputs
+from detserve.service.modelconfig import load_config
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8"}
 

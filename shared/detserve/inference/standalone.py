@@ -4,8 +4,8 @@ evaluation and the benchmarks' in-process ceiling run exactly what a CPU worker 
 from __future__ import annotations
 
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
-from detserve.inference import Detector, Limits
-from detserve.packages import read_package
+from detserve.inference.detector import Detector, Limits
+from detserve.service.packages import read_package
 
 NO_LIMIT = 1 << 30
 

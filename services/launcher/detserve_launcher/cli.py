@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
     settings = Settings.from_env()
     if args.command == "up":
-        from detserve.supervisor import run_up
+        from detserve_launcher.supervisor import run_up
 
         return run_up(settings, host=args.host, port=args.port, flower=args.flower,
                       flower_port=args.flower_port)

@@ -22,14 +22,15 @@ import redis
 import requests
 from sqlalchemy import func, select
 
-from detserve import deployments, heartbeats, versions
-from detserve.artifacts import ArtifactStore
-from detserve.bus import CeleryBus
 from detserve.celery_app import make_celery
-from detserve.cli import _gpu_problem, component_command
 from detserve.config import Settings, admin_token
-from detserve.demo import DEMO_NAME, demo_model_bytes
+from detserve.lane.bus import CeleryBus
+from detserve.monitoring import heartbeats
+from detserve.service import deployments, versions
+from detserve.service.artifacts import ArtifactStore
+from detserve.service.demo import DEMO_NAME, demo_model_bytes
 from detserve.store import ModelVersion, Store
+from detserve_launcher.cli import _gpu_problem, component_command
 
 log = logging.getLogger("detserve.up")
 STOP_GRACE = 15.0

@@ -13,20 +13,22 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from detserve import allocator, images, synclane
+from detserve import allocator
 from detserve import tasknames as names
-from detserve.artifacts import ArtifactStore
-from detserve.batching import Batcher
-from detserve.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.config import Settings, admin_token
-from detserve.deployments import Runtime, complete_deploy
 from detserve.errors import NotFound
-from detserve.handoff import Handoff
-from detserve.heartbeats import connect_heartbeat
-from detserve.inference import Detections, Detector, Limits, Prepared
+from detserve.inference.batching import Batcher
+from detserve.inference.detector import Detections, Detector, Limits, Prepared
+from detserve.lane import synclane
+from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
+from detserve.lane.handoff import Handoff
+from detserve.monitoring.heartbeats import connect_heartbeat
+from detserve.processing import headers as images
+from detserve.service.artifacts import ArtifactStore
+from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
 
-log = logging.getLogger("detserve.worker")
+log = logging.getLogger("detserve.inference.worker")
 
 
 class ModelHost:

@@ -1,0 +1,1 @@
+"""The `detserve` command and `detserve up`: starts the services, apart from the library they share."""

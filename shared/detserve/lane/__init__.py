@@ -1,0 +1,1 @@
+"""The transport of sync predictions between the API and the workers."""

@@ -1,0 +1,1 @@
+"""Monitoring: per-service request counters and the components' heartbeats."""

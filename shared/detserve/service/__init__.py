@@ -1,0 +1,1 @@
+"""The service layer: versions and model packages, deployments, status changes, artifacts."""
