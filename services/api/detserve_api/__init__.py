@@ -17,12 +17,14 @@ from detserve.lane import synclane
 from detserve.lane.bus import CeleryBus
 from detserve.lane.handoff import Handoff
 from detserve.monitoring import counters as monitoring
+from detserve.monitoring import logs
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime
 from detserve.store import Store
 from detserve_api import auth, console, errors
 from detserve_api.fastpath import PredictFastPath
 from detserve_api.resources import register_blueprints
+from detserve_api.tracing import Tracing
 
 
 def create_app(
@@ -62,5 +64,6 @@ def create_app(
     errors.register_error_handlers(app)
     auth.register(app)
     console.register(app)
-    app.wsgi_app = PredictFastPath(app)  # type: ignore[method-assign]
+    app.wsgi_app = Tracing(app, PredictFastPath(app))  # type: ignore[method-assign]
+    logs.install(settings.redis_url, "api")
     return app

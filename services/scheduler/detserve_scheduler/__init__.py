@@ -10,6 +10,7 @@ from celery import Celery
 from detserve import tasknames as names
 from detserve.celery_app import make_celery
 from detserve.config import Settings
+from detserve.monitoring import logs
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve_scheduler.tasks import register_scheduler_tasks
 
@@ -19,6 +20,7 @@ def make_scheduler(settings: Settings) -> Celery:
     app = make_celery(settings, "detserve-scheduler")
     register_scheduler_tasks(app, settings)
     connect_heartbeat(settings, "scheduler")
+    logs.install(settings.redis_url, "scheduler")
     app.conf.beat_schedule = {
         "sweep": {"task": names.SWEEP, "schedule": settings.sweep_seconds,
                   "options": {"queue": "scheduler", "expires": settings.sweep_seconds * 2}},

@@ -22,6 +22,7 @@ from detserve.inference.detector import Detections, Detector, Limits, Prepared
 from detserve.lane import synclane
 from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.lane.handoff import Handoff
+from detserve.monitoring import logs, usage
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
 from detserve.service.artifacts import ArtifactStore
@@ -29,6 +30,7 @@ from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
 
 log = logging.getLogger("detserve.inference.worker")
+trace = logging.getLogger("detserve.trace.worker")
 
 
 class ModelHost:
@@ -40,6 +42,7 @@ class ModelHost:
         self._models: OrderedDict[int, Detector] = OrderedDict()
         self._batchers: dict[int, Batcher[Prepared, list[Any]]] = {}
         self._lock = threading.Lock()
+        self.memory = usage.ModelMemory()
 
     def get(self, version_id: int) -> Detector:
         """The detector of a version, loading it on first use in this process."""
@@ -56,6 +59,7 @@ class ModelHost:
 
     def load(self, version: ModelVersion) -> Detector:
         """Fetch and verify the artifact, build the backend, warm it up, cache it."""
+        before = usage.rss()
         data = self.rt.artifacts.get(version.sha256)
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
@@ -65,6 +69,7 @@ class ModelHost:
             artifacts=self.rt.artifacts, sha256=version.sha256)
         detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
         detector.warm_up()
+        self.memory.loaded(version.id, usage.rss() - before, backend)
         max_batch = int(getattr(backend, "max_batch", 1))
         if max_batch > 1:
             self._batchers[version.id] = Batcher(
@@ -99,6 +104,7 @@ class ModelHost:
             batcher.close()
         if detector is not None:
             detector.backend.close()
+            self.memory.dropped(version_id)
         return detector is not None
 
 
@@ -119,6 +125,8 @@ class WorkerState:
             started = time.perf_counter()
             result = self.host.detect(version_id, image).to_dict()
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        trace.info("predicted %d objects in %.1f ms", len(result["detection_classes"]),
+                   result["inference_ms"])
         return result
 
     @property
@@ -150,7 +158,8 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def deploy(service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        complete_deploy(host.rt, service_id, host.load)
+        with logs.about(service_id):
+            complete_deploy(host.rt, service_id, host.load)
 
     @app.task(name=names.PREDICT)
     def predict(version_id: int, image_key: str) -> dict[str, Any]:
@@ -182,6 +191,8 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
             lane["consumer"].join()
 
     connect_heartbeat(settings, flavor)
+    logs.install(settings.redis_url, f"worker-{flavor}")
+    usage.connect_reporter(settings, flavor, lambda: state.host.memory)
     signals.after_setup_logger.connect(_quiet_per_task_logs, weak=False)
     return state
 

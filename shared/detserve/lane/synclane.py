@@ -36,6 +36,7 @@ import redis
 from detserve.errors import InvalidImage
 from detserve.lane import replies
 from detserve.lane.handoff import Handoff, Port
+from detserve.monitoring import logs
 
 log = logging.getLogger("detserve.lane.synclane")
 
@@ -61,12 +62,13 @@ class Frame:
     image: bytes = b""
     port: str | None = None  # set: the image waits in that port's slot, the answer goes there
     image_size: int = 0  # with a port: how many bytes of its slot are the image
+    request_id: str = ""  # the API's X-Request-Id, for the worker's log lines
 
 
 def encode(frame: Frame) -> bytes:
     header = {"format": FORMAT, "version_id": frame.version_id, "service_id": frame.service_id,
               "reply_to": frame.reply_to, "deadline": frame.deadline, "port": frame.port,
-              "image_size": frame.image_size}
+              "image_size": frame.image_size, "request_id": frame.request_id}
     # json.dumps escapes control characters, so the first newline ends the header
     return json.dumps(header).encode() + b"\n" + frame.image
 
@@ -82,7 +84,7 @@ def decode(data: bytes) -> Frame:
     port = header.get("port")
     return Frame(int(header["version_id"]), str(header["service_id"]), str(header["reply_to"]),
                  float(header["deadline"]), image, None if port is None else str(port),
-                 int(header.get("image_size") or 0))
+                 int(header.get("image_size") or 0), str(header.get("request_id") or ""))
 
 
 class LaneClient:
@@ -102,6 +104,7 @@ class LaneClient:
         """Queue the image's frame and wait for the worker's answer; None after `timeout` s."""
         reply_to = replies.new_key()
         deadline = time.time() + timeout
+        rid = logs.REQUEST.get() or ""
         port = self._port(flavor)
         if port is not None:
             try:
@@ -110,11 +113,12 @@ class LaneClient:
                 log.warning("shared memory handoff failed (%s); sending through Redis", exc)
             else:
                 frame = Frame(version_id, service_id, reply_to, deadline, port=port.name,
-                              image_size=size)
+                              image_size=size, request_id=rid)
                 key = LOCAL_KEY.format(flavor=flavor, shm_id=port.handoff.id)
                 return self._through_port(port, key, frame, timeout)
         return self._through_redis(KEY.format(flavor=flavor),
-                                   Frame(version_id, service_id, reply_to, deadline, image),
+                                   Frame(version_id, service_id, reply_to, deadline, image,
+                                         request_id=rid),
                                    timeout)
 
     def _through_redis(self, key: str, frame: Frame, timeout: float) -> replies.Answer | None:
@@ -324,14 +328,15 @@ class LaneConsumer:
             return None
         if time.time() > frame.deadline:  # its caller has been told the prediction timed out
             return None
-        try:
-            answer = replies.success(self.handle(frame.version_id, self._image(frame)))
-        except Exception as exc:
-            head = replies.failure(exc)
-            answer = replies.encode(head)
-            level = logging.ERROR if head["status"] >= 500 else logging.INFO
-            log.log(level, "prediction for service %s failed: %s", frame.service_id, exc,
-                    exc_info=level == logging.ERROR)
+        with logs.about(frame.service_id, frame.request_id or None):
+            try:
+                answer = replies.success(self.handle(frame.version_id, self._image(frame)))
+            except Exception as exc:
+                head = replies.failure(exc)
+                answer = replies.encode(head)
+                level = logging.ERROR if head["status"] >= 500 else logging.INFO
+                log.log(level, "prediction for service %s failed: %s", frame.service_id, exc,
+                        exc_info=level == logging.ERROR)
         if frame.port is not None and self.handoff is not None:
             try:
                 if self.handoff.send_answer(frame.port, frame.reply_to, answer):

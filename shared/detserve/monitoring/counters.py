@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from detserve.service import idle
+
 WINDOW_MINUTES = 60
 KEEP_SECONDS = 2 * 3600
 MAX_SAMPLES = 2000  # latencies kept per service-minute for percentiles
@@ -73,9 +75,12 @@ Sample = tuple[str, float, bool, "float | None", float]  # service, latency, ok,
 def record_many(client: redis.Redis, samples: list[Sample]) -> None:
     """Count prediction requests, summed per service-minute, in one round trip."""
     tallies: dict[tuple[str, int], _Tally] = {}
+    last: dict[str, float] = {}  # the idle auto stop counts from each service's last prediction
     for service_id, latency_ms, ok, inference_ms, ts in samples:
         tallies.setdefault((service_id, _minute(ts)), _Tally()).add(latency_ms, ok, inference_ms)
+        last[service_id] = max(ts, last.get(service_id, 0.0))
     pipe = client.pipeline(transaction=False)
+    idle.touch(pipe, last)
     for (service_id, minute), tally in tallies.items():
         tally.write(pipe, service_id, minute)
     pipe.execute()

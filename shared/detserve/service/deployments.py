@@ -55,7 +55,8 @@ def create_service(
         id=uuid.uuid4().hex, name=name or f"{version.model}-v{version.version}",
         version_id=version.id, model=version.model, version=version.version, flavor=flavor,
         compute_nodes=1, status=status.DEPLOYING, auto_stop_enabled=auto_stop["enabled"],
-        auto_stop_hours=auto_stop["hours"], key_hash=hash_key(key), running_seconds=0.0,
+        auto_stop_hours=auto_stop["hours"], auto_stop_idle_minutes=auto_stop.get("idle_minutes"),
+        key_hash=hash_key(key), running_seconds=0.0,
         created_at=now, updated_at=now,
     )
     with rt.store.session() as session:
@@ -134,6 +135,7 @@ def update_auto_stop(rt: Runtime, service_id: str, auto_stop: dict[str, Any]) ->
             raise NotFound(f"no service {service_id!r}")
         row.auto_stop_enabled = auto_stop["enabled"]
         row.auto_stop_hours = auto_stop["hours"]
+        row.auto_stop_idle_minutes = auto_stop.get("idle_minutes")
         row.updated_at = utcnow()
     if old.stop_token:
         rt.bus.revoke(old.stop_token)

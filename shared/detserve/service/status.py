@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -10,6 +11,8 @@ from sqlalchemy import select, update
 
 from detserve.errors import StaleTransition
 from detserve.store import Service, ServiceEvent, Store, utcnow
+
+log = logging.getLogger("detserve.service.status")
 
 DEPLOYING = "Deploying"
 RUNNING = "Running"
@@ -82,4 +85,7 @@ def transition(
                 service_id=service_id, at=now, from_status=row.status, to_status=new, reason=reason
             )
         )
+    level = logging.WARNING if new == FAILED else logging.INFO
+    log.log(level, "%s -> %s (%s)%s", row.status, new, reason,
+            f": {fields['error']}" if fields.get("error") else "", extra={"service_id": service_id})
     return str(row.status)

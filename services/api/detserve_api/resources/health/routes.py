@@ -12,6 +12,7 @@ from marshmallow import Schema, fields
 
 from detserve.errors import Unavailable
 from detserve.monitoring import counters as monitoring
+from detserve.monitoring import usage
 from detserve_api import context
 
 blp = Blueprint("health", __name__, url_prefix="", description="Health and metrics")
@@ -52,5 +53,6 @@ class Metrics(MethodView):
     @blp.response(200)
     def get(self) -> Response:
         """Prometheus text format."""
-        return Response(monitoring.prometheus(context.redis_client()),
-                        mimetype="text/plain; version=0.0.4")
+        client = context.redis_client()
+        text = monitoring.prometheus(client) + usage.prometheus_text(usage.samples_for_metrics(client))
+        return Response(text, mimetype="text/plain; version=0.0.4")

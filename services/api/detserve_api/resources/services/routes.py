@@ -10,18 +10,24 @@ from sqlalchemy import select
 
 from detserve.errors import FlavorUnavailable
 from detserve.monitoring import counters as monitoring
-from detserve.service import deployments, versions
+from detserve.monitoring import usage
+from detserve.service import deployments, idle, versions
 from detserve.service.status import ACTIVE, STOPPED
 from detserve.store import Service
 from detserve_api import context
+from detserve_api.resources.services import operate
 from detserve_api.resources.services.schemas import (
     DeployArgsSchema,
     EventListSchema,
+    ExtendArgsSchema,
     KeySchema,
+    LogArgsSchema,
+    LogListSchema,
     MonitoringSchema,
     PatchArgsSchema,
     ServiceListSchema,
     ServiceSchema,
+    UsageSchema,
 )
 from detserve_api.resources.services.view import iso, service_view
 
@@ -126,3 +132,32 @@ class Monitoring(MethodView):
         """Requests, failures and latency over the last hour, by minute."""
         deployments.get_service(context.runtime(), service_id)
         return monitoring.summary(context.redis_client(), service_id)
+
+
+@blp.route("/<string:service_id>/extend")
+class Extend(MethodView):
+    @blp.arguments(ExtendArgsSchema)
+    @blp.response(200, ServiceSchema)
+    def post(self, args: dict[str, Any], service_id: str) -> dict[str, Any]:
+        """Push the auto-stop time back by `hours`; the earlier countdown does nothing."""
+        idle.extend(context.runtime(), service_id, args["hours"])
+        return _view(service_id)
+
+
+@blp.route("/<string:service_id>/logs")
+class Logs(MethodView):
+    @blp.arguments(LogArgsSchema, location="query")
+    @blp.response(200, LogListSchema)
+    def get(self, args: dict[str, Any], service_id: str) -> dict[str, Any]:
+        """Log lines about the service from the API, its workers and the scheduler."""
+        deployments.get_service(context.runtime(), service_id)
+        return operate.log_lines(context.redis_client(), service_id, args["since"], args["limit"])
+
+
+@blp.route("/<string:service_id>/usage")
+class Usage(MethodView):
+    @blp.response(200, UsageSchema)
+    def get(self, service_id: str) -> dict[str, Any]:
+        """CPU, memory (and GPU) of the workers holding the service's model, last hour."""
+        service = deployments.get_service(context.runtime(), service_id)
+        return {"workers": usage.for_version(context.redis_client(), service.version_id)}

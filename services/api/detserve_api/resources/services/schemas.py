@@ -15,6 +15,11 @@ class AutoStopArgsSchema(Schema):
         strict=True, load_default=1, validate=validate.Range(1, 24),
         metadata={"description": "1, 2, 4 or 6 (presets), or any integer 1..24 (custom)"},
     )
+    idle_minutes = fields.Integer(
+        strict=True, load_default=None, allow_none=True, validate=validate.Range(1, 1440),
+        metadata={"description": "stop after this many minutes without a prediction (1..1440); "
+                                 "null or absent: no idle stop. Independent of `enabled`"},
+    )
 
 
 class DeployArgsSchema(Schema):
@@ -37,6 +42,11 @@ class AutoStopSchema(Schema):
     enabled = fields.Boolean()
     hours = fields.Integer()
     stop_at = fields.String(allow_none=True)
+    idle_minutes = fields.Integer(allow_none=True)
+    idle_stop_at = fields.String(allow_none=True, metadata={
+        "description": "when the idle stop fires if no prediction comes before"})
+    stops_at = fields.String(allow_none=True, metadata={
+        "description": "the nearer of stop_at and idle_stop_at"})
 
 
 class ServiceSchema(Schema):
@@ -53,6 +63,8 @@ class ServiceSchema(Schema):
     running_seconds = fields.Float()
     cost = fields.Float()
     error = fields.String(allow_none=True)
+    stopping_soon = fields.Boolean(metadata={
+        "description": "a stop (fixed or idle) is less than 10 minutes away"})
     predict_url = fields.String()
     key = fields.String(metadata={"description": "only in the answer to deploy and key rotation"})
 
@@ -94,3 +106,54 @@ class MonitoringSchema(Schema):
     failures = fields.Integer()
     latency_ms = fields.Nested(LatencySchema)
     series = fields.List(fields.Nested(SeriesPointSchema))
+
+
+class ExtendArgsSchema(Schema):
+    hours = fields.Integer(required=True, strict=True, validate=validate.Range(1, 24),
+                           metadata={"description": "push the auto-stop time back by 1..24 hours"})
+
+
+class LogArgsSchema(Schema):
+    since = fields.String(load_default="60m", metadata={
+        "description": "5m, 30m, 60m, or an ISO-8601 time (UTC if it names no zone)"})
+    limit = fields.Integer(load_default=500, strict=False, validate=validate.Range(1, 5000))
+
+
+class LogLineSchema(Schema):
+    time = fields.String()
+    component = fields.String(metadata={"description": "api, worker-cpu, worker-gpu, scheduler"})
+    level = fields.String()
+    message = fields.String()
+    request_id = fields.String(allow_none=True)
+    process = fields.String(metadata={"description": "host/pid that wrote it"})
+
+
+class LogListSchema(Schema):
+    since = fields.String()
+    lines = fields.List(fields.Nested(LogLineSchema))
+
+
+class UsagePointSchema(Schema):
+    at = fields.Float(metadata={"description": "epoch seconds"})
+    cpu_percent = fields.Float(metadata={"description": "% of one core"})
+    rss_bytes = fields.Integer()
+    gpu_utilization_percent = fields.Float(allow_none=True)
+    gpu_memory_used_bytes = fields.Float(allow_none=True)
+
+
+class WorkerUsageSchema(Schema):
+    worker = fields.String()
+    flavor = fields.String()
+    pid = fields.Integer()
+    at = fields.Float()
+    cpu_seconds = fields.Float()
+    rss_bytes = fields.Integer()
+    model_bytes = fields.Integer(metadata={
+        "description": "resident memory the model added when it loaded (approximate)"})
+    model_device_bytes = fields.Integer(allow_none=True)
+    gpu = fields.Dict(allow_none=True)
+    series = fields.List(fields.Nested(UsagePointSchema))
+
+
+class UsageSchema(Schema):
+    workers = fields.List(fields.Nested(WorkerUsageSchema))

@@ -8,8 +8,10 @@ from typing import Any
 from flask import url_for
 
 from detserve.config import Settings
+from detserve.service import idle
 from detserve.service.status import RUNNING
 from detserve.store import Service, utcnow
+from detserve_api import context
 
 
 def iso(value: datetime | None) -> str | None:
@@ -29,14 +31,24 @@ def service_view(service: Service, settings: Settings) -> dict[str, Any]:
     price = settings.prices.get(service.flavor, 0.0)
     # Cost counts in the user's hours, so a shrunk hour (tests) shrinks the bill the same way.
     hours = seconds / settings.autostop_hour_seconds
+    near = idle.view_fields(service, _last_prediction(service), settings.autostop_hour_seconds)
     return {
         "id": service.id, "name": service.name, "model": service.model,
         "version": service.version, "flavor": service.flavor,
         "compute_nodes": service.compute_nodes, "status": service.status,
         "auto_stop": {"enabled": service.auto_stop_enabled, "hours": service.auto_stop_hours,
-                      "stop_at": iso(service.stop_at)},
+                      "stop_at": iso(service.stop_at),
+                      "idle_minutes": service.auto_stop_idle_minutes,
+                      "idle_stop_at": iso(near["idle_stop_at"]), "stops_at": iso(near["stops_at"])},
+        "stopping_soon": near["stopping_soon"],
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
         "predict_url": url_for("predictions.Predict", service_id=service.id, _external=True),
     }
+
+
+def _last_prediction(service: Service) -> float | None:
+    if not service.auto_stop_idle_minutes or service.status != RUNNING:
+        return None
+    return idle.last_predictions(context.redis_client(), [service.id]).get(service.id)

@@ -1,0 +1,107 @@
+"""Every answer's X-Request-Id, a log line about each change made to a service, and the Warning
+header on predictions while the service's stop is near.
+
+A WSGI middleware around the whole app (the fast path included), so each of these is written
+once. While a request runs, log records concern its service and request id (monitoring/logs.py),
+whichever module writes them; the sync lane carries the id on to the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask
+
+from detserve.monitoring import logs
+from detserve.service import idle
+from detserve.store import Service
+
+log = logging.getLogger("detserve.trace.api")
+
+ENVIRON_KEY = "detserve.request_id"
+SERVICE_PATH = re.compile(r"/v1/services/([^/]+)(?:/([a-z]+))?\Z")
+VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+PREDICTIONS = ("predict", "predictions")
+StartResponse = Callable[..., Any]
+
+
+def request_id(environ: dict[str, Any]) -> str:
+    """The request's id: one set earlier, else the caller's X-Request-Id if sane, else new."""
+    rid = environ.get(ENVIRON_KEY)
+    if not rid:
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        rid = given if VALID_ID.match(given) else uuid.uuid4().hex
+        environ[ENVIRON_KEY] = rid
+    return str(rid)
+
+
+class Warnings:
+    """The Warning header per service, each read from the database at most once a second."""
+
+    TTL = 1.0
+
+    def __init__(self, app: Flask) -> None:
+        ext = app.extensions["detserve"]
+        self.store, self.hour = ext["runtime"].store, ext["settings"].autostop_hour_seconds
+        self._cache: dict[str, tuple[float, Service | None]] = {}
+        self._lock = threading.Lock()
+
+    def header(self, service_id: str) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(service_id)
+        if hit is None or now - hit[0] > self.TTL:
+            with self.store.session(readonly=True) as session:
+                hit = (now, session.get(Service, service_id))
+            with self._lock:
+                self._cache[service_id] = hit
+        return idle.warning(hit[1], self.hour) if hit[1] is not None else None
+
+
+class Tracing:
+    """Wraps the app's wsgi_app: app.wsgi_app = Tracing(app, app.wsgi_app)."""
+
+    def __init__(self, app: Flask, wsgi: Callable[..., Iterable[bytes]]) -> None:
+        self.wsgi, self.warnings = wsgi, Warnings(app)
+        self.redis = app.extensions["detserve"]["redis"]
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        rid = request_id(environ)
+        match = SERVICE_PATH.match(environ.get("PATH_INFO", ""))
+        service_id, action = (match.group(1), match.group(2)) if match else (None, None)
+        seen: dict[str, str] = {}
+        started = time.perf_counter()
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seen["status"] = status
+            headers = [h for h in headers if h[0].lower() != "x-request-id"]
+            headers.append(("X-Request-Id", rid))
+            if service_id and action in PREDICTIONS and status.startswith("2"):
+                warning = self.warnings.header(service_id)
+                if warning:
+                    headers.append(("Warning", warning))
+            return start_response(status, headers, exc_info)
+
+        with logs.about(service_id, rid):
+            body = self.wsgi(environ, start)
+            method = environ.get("REQUEST_METHOD", "GET")
+            if service_id and method not in ("GET", "HEAD", "OPTIONS"):
+                self._after(environ, method, service_id, action, seen.get("status", ""),
+                            started)
+        return body
+
+    def _after(self, environ: dict[str, Any], method: str, service_id: str, action: str | None,
+               status: str, started: float) -> None:
+        code = int(status[:3]) if status[:3].isdigit() else 0
+        if action == "predictions" and code == 202:
+            # an async prediction counts as activity for the idle auto stop as a sync one does
+            self.redis.zadd(idle.LAST_KEY, {service_id: time.time()}, gt=True)
+        level = logging.WARNING if code >= 500 else logging.INFO
+        log.log(level, "%s %s -> %s in %.1f ms", method, environ.get("PATH_INFO"), status,
+                (time.perf_counter() - started) * 1000)
