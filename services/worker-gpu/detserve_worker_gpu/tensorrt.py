@@ -160,6 +160,11 @@ class TensorRTBackend:
         return cls(engine, spec["input"]["name"], list(spec["output"]["outputs"]),
                    profile.max if profile else 1)
 
+    @property
+    def device_memory_bytes(self) -> int:
+        """The engine's device memory for activations (monitoring/usage.py reports it)."""
+        return int(self.engine.device_memory_size)
+
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Copy in, execute on the stream, copy out; buffers grow to the largest batch seen."""
         with current_context():
