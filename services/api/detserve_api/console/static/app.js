@@ -177,7 +177,7 @@ async function deploy() {
   let autoStop;
   try {
     if (!flavor) throw new Error("No flavor is available: start a worker first.");
-    autoStop = autoStopFromDialog();
+    autoStop = { ...autoStopFromDialog(), ...idleFromDialog() };  // idleFromDialog: operate.js
   } catch (err) {
     $("#deploy-error").textContent = err.message;
     return;
