@@ -15,7 +15,8 @@ def test_lifecycle_with_events(client):
     svc = running_service(client, "lifecycle", build_blob_detector().SerializeToString())
     sid = svc["id"]
     assert svc["key"] and svc["status"] == "Deploying"
-    assert svc["auto_stop"] == {"enabled": True, "hours": 1, "stop_at": None}
+    assert svc["auto_stop"] == {"enabled": True, "hours": 1, "stop_at": None, "idle_minutes": None,
+                                 "idle_stop_at": None, "stops_at": None}
     # when it is stopped and started again
     stopped = client.post(f"/v1/services/{sid}/stop", headers=AUTH)
     assert stopped.status_code == 202 and stopped.json["status"] == "Stopped"

@@ -41,15 +41,16 @@ def apps(stack):
     config = {**as_config(stack.settings), "max_image_pixels": 50_000_000}
     fast = create_app(config, store=stack.store)
     handed: list[str] = []
-    flask_app = fast.wsgi_app.flask
+    fast_path = fast.wsgi_app.wsgi  # inside the tracing middleware (detserve_api/tracing.py)
+    flask_app = fast_path.flask
 
     def counting(environ: dict[str, Any], start_response: Any) -> Any:
         handed.append(environ["PATH_INFO"])
         return flask_app(environ, start_response)
 
-    fast.wsgi_app.flask = counting
+    fast_path.flask = counting
     alone = create_app(config, store=stack.store)
-    alone.wsgi_app = alone.wsgi_app.flask
+    alone.wsgi_app = alone.wsgi_app.wsgi.flask
     return fast, alone, handed
 
 
