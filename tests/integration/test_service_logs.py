@@ -177,3 +177,15 @@ def _version_id(client, svc):
     app = client.application
     with app.extensions["detserve"]["runtime"].store.session(readonly=True) as session:
         return session.get(Service, svc["id"]).version_id
+
+
+def test_openapi_documents_the_new_routes_and_fields(client):
+    spec = client.get("/openapi.json").json
+    for path in ("logs", "usage", "extend"):
+        assert f"/v1/services/{{service_id}}/{path}" in spec["paths"], path
+    logs_params = {p["name"] for p in spec["paths"]["/v1/services/{service_id}/logs"]["get"]["parameters"]}
+    assert {"since", "limit"} <= logs_params
+    schemas = spec["components"]["schemas"]
+    assert "stopping_soon" in schemas["Service"]["properties"]
+    assert {"idle_minutes", "idle_stop_at", "stops_at"} <= set(schemas["AutoStop"]["properties"])
+    assert "idle_minutes" in schemas["AutoStopArgs"]["properties"]
