@@ -3,18 +3,18 @@ Extend, resource-usage charts, and the Logs tab tailing live. Screenshots go to 
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timedelta
 
 import pytest
+from test_console import ARTIFACTS, CHROMIUM, browser, page, sign_in  # noqa: F401  (fixtures)
 
 from api_helpers import AUTH, predict, upload
 from detserve.service.demo import build_blob_detector
 from support import blobs_image, wait_for
-from test_console import ARTIFACTS, CHROMIUM, browser, page, sign_in  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.skipif(not CHROMIUM or not __import__("os").path.exists(CHROMIUM),
-                                reason=f"{CHROMIUM} is missing")
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing")
 
 IMAGE = blobs_image([("red", 30, 30, 90, 90), ("green", 180, 60, 240, 120)])
 

@@ -8,11 +8,12 @@ whichever module writes them; the sync lane carries the id on to the worker.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,6 +29,20 @@ ENVIRON_KEY = "detserve.request_id"
 SERVICE_PATH = re.compile(r"/v1/services/([^/]+)(?:/([a-z]+))?\Z")
 VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 PREDICTIONS = ("predict", "predictions")
+# a random prefix per process and a counter: unique ids without a urandom call per request
+class _Ids:
+    prefix, counter = os.urandom(8).hex(), itertools.count(1)
+
+    @classmethod
+    def next(cls) -> str:
+        return f"{cls.prefix}{next(cls.counter):08x}"
+
+
+def _reseed() -> None:
+    _Ids.prefix, _Ids.counter = os.urandom(8).hex(), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reseed)  # gunicorn's workers must not share a prefix
 StartResponse = Callable[..., Any]
 
 
@@ -36,7 +51,7 @@ def request_id(environ: dict[str, Any]) -> str:
     rid = environ.get(ENVIRON_KEY)
     if not rid:
         given = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = given if VALID_ID.match(given) else uuid.uuid4().hex
+        rid = given if VALID_ID.match(given) else _Ids.next()
         environ[ENVIRON_KEY] = rid
     return str(rid)
 

@@ -47,10 +47,13 @@ def register_scheduler_tasks(app: Celery, settings: Settings) -> None:
     @app.task(name=names.SWEEP, ignore_result=True)
     def sweep(**_: Any) -> None:
         """Stop every Running service past its stop_at."""
-        idle.sweep(runtime(), client())
         stopped = deployments.sweep(runtime())
         if stopped:
             log.info("sweep auto stopped %s", ", ".join(stopped))
+        try:
+            idle.sweep(runtime(), client())  # idle stops and stopping-soon warnings
+        except redis.RedisError as exc:
+            log.warning("idle sweep skipped: Redis unavailable (%s)", exc)
         failed = deployments.fail_stuck_deploys(runtime(), settings.deploy_timeout)
         if failed:
             log.warning("deploys that never finished, now Failed: %s", ", ".join(failed))
