@@ -72,6 +72,8 @@ def test_deploy_steps_are_logged_by_the_worker_that_loaded_the_model(client, ser
     worker = [x["message"] for x in lines if x["component"] == "worker-cpu"]
     assert any(m.startswith("loading logged v1") for m in worker), worker
     assert "Deploying -> Running (deployed)" in worker
+    api = [x["message"] for x in lines if x["component"] == "api"]
+    assert "created: logged v1 queued for a cpu worker" in api
 
 
 def test_time_filters(stack, client, service):

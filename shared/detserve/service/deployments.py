@@ -4,6 +4,7 @@ are injected."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from detserve.lane.bus import Bus
 from detserve.service import status
 from detserve.service.artifacts import ArtifactStore
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
+
+log = logging.getLogger("detserve.service.deployments")
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def create_service(
         session.add(ServiceEvent(service_id=service.id, at=now, from_status=None,
                                  to_status=status.DEPLOYING, reason="created"))
     rt.bus.deploy(service.id, flavor)  # only after the row is committed
+    log.info("created: %s v%s queued for a %s worker", version.model, version.version, flavor,
+             extra={"service_id": service.id})
     return service, key
 
 
@@ -83,6 +88,7 @@ def start(rt: Runtime, service_id: str, reason: str = "user") -> Service:
     status.transition(rt.store, service_id, status.STARTABLE, status.DEPLOYING, reason=reason,
                       error=None, stop_at=None, stop_token=None)
     rt.bus.deploy(service_id, service.flavor)
+    log.info("queued for a %s worker", service.flavor, extra={"service_id": service_id})
     return get_service(rt, service_id)
 
 
