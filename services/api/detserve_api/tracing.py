@@ -23,7 +23,7 @@ from detserve.monitoring import logs
 from detserve.service import idle
 from detserve.store import Service
 
-log = logging.getLogger("detserve.trace.api")
+log = logging.getLogger("detserve.api")
 
 ENVIRON_KEY = "detserve.request_id"
 SERVICE_PATH = re.compile(r"/v1/services/([^/]+)(?:/([a-z]+))?\Z")
@@ -117,6 +117,8 @@ class Tracing:
         if action == "predictions" and code == 202:
             # an async prediction counts as activity for the idle auto stop as a sync one does
             self.redis.zadd(idle.LAST_KEY, {service_id: time.time()}, gt=True)
-        level = logging.WARNING if code >= 500 else logging.INFO
-        log.log(level, "%s %s -> %s in %.1f ms", method, environ.get("PATH_INFO"), status,
-                (time.perf_counter() - started) * 1000)
+        args = (method, environ.get("PATH_INFO"), status, (time.perf_counter() - started) * 1000)
+        if code >= 500:  # ours to fix: also on the API's own log
+            log.warning("%s %s -> %s in %.1f ms", *args, extra={"service_id": service_id})
+        else:
+            logs.access("%s %s -> %s in %.1f ms", *args)

@@ -30,7 +30,6 @@ from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
 
 log = logging.getLogger("detserve.inference.worker")
-trace = logging.getLogger("detserve.trace.worker")
 
 
 class ModelHost:
@@ -125,8 +124,8 @@ class WorkerState:
             started = time.perf_counter()
             result = self.host.detect(version_id, image).to_dict()
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        trace.info("predicted %d objects in %.1f ms", len(result["detection_classes"]),
-                   result["inference_ms"])
+        logs.access("predicted %d objects in %.1f ms", len(result["detection_classes"]),
+                    result["inference_ms"])
         return result
 
     @property

@@ -3,7 +3,8 @@
 A record concerns a service when it carries `service_id` (logging's `extra`) or is written while
 `about(service_id)` is in effect; the request id comes the same way. ServiceLogHandler ships
 those records, already structured, to one capped Redis stream per service; `read` returns them
-for GET /v1/services/{id}/logs. Records about no service are left to the other handlers.
+for GET /v1/services/{id}/logs. Records about no service are left to the other handlers. The
+one line per prediction (API and worker) goes through `access`, straight to the same queue.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ KEY = "detserve:logs:{service_id}"
 MAX_LINES = 5000  # per service; the oldest go first
 KEEP_SECONDS = 24 * 3600  # a service nobody logs about for a day loses its lines
 LOGGER = "detserve"  # every detserve module logs under it
-TRACE = "detserve.trace"  # a line per request: only to the services' stores, not to stderr
 
 Line = tuple[str, dict[str, str]]
 
@@ -56,6 +56,7 @@ class ServiceLogHandler(logging.Handler):
         self.component = component
         self._queue: queue.SimpleQueue[Line] = queue.SimpleQueue()
         self._pid = -1
+        self._process = ""  # host/pid, named once per process (gethostname is a system call)
         self._start_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -65,18 +66,23 @@ class ServiceLogHandler(logging.Handler):
         message = record.getMessage()
         if record.exc_info and record.exc_info[1] is not None:
             message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
-        line = {"time": f"{record.created:.6f}", "component": self.component,
-                "level": record.levelname, "message": message[:4000],
-                "request_id": getattr(record, "request_id", None) or REQUEST.get() or "",
-                "process": f"{socket.gethostname()}/{os.getpid()}"}
+        self.put(str(service_id), record.levelname, message, record.created,
+                 getattr(record, "request_id", None) or REQUEST.get())
+
+    def put(self, service_id: str, level: str, message: str, created: float,
+            request_id: str | None) -> None:
+        """Queue one line for the service's stream."""
         if self._pid != os.getpid():
             self._start()
-        self._queue.put((str(service_id), line))
+        self._queue.put((service_id, {
+            "time": f"{created:.6f}", "component": self.component, "level": level,
+            "message": message[:4000], "request_id": request_id or "", "process": self._process}))
 
     def _start(self) -> None:
         with self._start_lock:
             if self._pid != os.getpid():  # first record in this process (after a fork too)
                 threading.Thread(target=self._run, name="detserve-logs", daemon=True).start()
+                self._process = f"{socket.gethostname()}/{os.getpid()}"
                 self._pid = os.getpid()
 
     def _run(self) -> None:
@@ -107,16 +113,24 @@ def write(client: redis.Redis, lines: list[Line]) -> None:
 _installed: dict[tuple[str, str], ServiceLogHandler] = {}
 
 
+def access(message: str, *args: object) -> None:
+    """One INFO line per request about the current service, straight to the installed handlers:
+    a LogRecord (its caller lookup, its locks) would cost a prediction several times as much,
+    and these lines are for the service's logs only."""
+    service_id = SERVICE.get()
+    if service_id:
+        text, now, rid = message % args if args else message, time.time(), REQUEST.get()
+        for handler in _installed.values():
+            handler.put(service_id, "INFO", text, now, rid)
+
+
 def install(redis_url: str, component: str) -> ServiceLogHandler:
     """Attach the handler for this Redis and component to detserve's logger (once per pair)."""
     handler = _installed.get((redis_url, component))
     if handler is None:
         handler = _installed[(redis_url, component)] = ServiceLogHandler(redis_url, component)
         logging.getLogger(LOGGER).addHandler(handler)
-        logging.getLogger(TRACE).addHandler(handler)
-    root, trace = logging.getLogger(LOGGER), logging.getLogger(TRACE)
-    trace.propagate = False
-    trace.setLevel(logging.INFO)
+    root = logging.getLogger(LOGGER)
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)  # deploy steps and state changes are INFO
     return handler
