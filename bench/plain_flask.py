@@ -13,12 +13,10 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 
-from detserve import allocator
 from detserve.inference.standalone import local_detector
 
 
 def create_app() -> Flask:
-    allocator.tune()  # as detserve's processes do: the comparison is of the architecture alone
     detector = local_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
     app = Flask(__name__)
 

@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.inference.detector import Detector  # noqa: E402
 from detserve.inference.standalone import local_detector  # noqa: E402
@@ -256,7 +255,6 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="also measure a plain Flask app running the same pipeline in-process")
     args = parser.parse_args()
-    allocator.tune()  # the ceiling runs with the workers' allocator settings
     from yolov8n import bench_image, build
 
     CACHE.mkdir(exist_ok=True)

@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.inference.standalone import local_detector  # noqa: E402
 from detserve.service.demo import demo_model_bytes  # noqa: E402
@@ -86,7 +85,6 @@ def main() -> None:
     parser.add_argument("tree_b", type=Path)
     parser.add_argument("--seconds", type=float, default=40)
     args = parser.parse_args()
-    allocator.tune()  # the in-process runs get the workers' allocator settings
     from yolov8n import bench_image
 
     image, model = bench_image(), demo_model_bytes()

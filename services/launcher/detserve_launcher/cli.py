@@ -69,10 +69,8 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         tmp = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
         # an access line per prediction costs the request path a quarter of a millisecond
         access = ["--access-logfile", "-"] if settings.access_log else []
-        # gthread, but a kept-alive connection's next request wakes one thread instead of three
-        worker = "detserve_api.httpworker.LingeringThreadWorker"
         return [py, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers",
-                str(args.workers), "--worker-class", worker, "--threads", str(args.threads),
+                str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                 "--timeout", str(int(settings.predict_timeout) + 30), "--graceful-timeout", "10",
                 *tmp, *access, "detserve_api:create_app()"]
     if args.command == "worker":

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
@@ -39,6 +40,6 @@ class CeleryBus:
         AsyncResult(token, app=self.app).revoke()
 
     def unload(self, version_id: int) -> None:
-        with self.app.connection_for_write() as conn:
-            client: Any = conn.default_channel.client
+        with redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=5,
+                                  socket_connect_timeout=5) as client:
             client.publish(UNLOAD_CHANNEL, json.dumps({"version_id": version_id}))

@@ -9,9 +9,12 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select
 
 from detserve.errors import Unavailable
 from detserve.monitoring import counters as monitoring
+from detserve.store import Service
 from detserve_api import context
 
 blp = Blueprint("health", __name__, url_prefix="", description="Health and metrics")
@@ -51,6 +54,11 @@ class Ready(MethodView):
 class Metrics(MethodView):
     @blp.response(200)
     def get(self) -> Response:
-        """Prometheus text format."""
-        return Response(monitoring.prometheus(context.redis_client()),
-                        mimetype="text/plain; version=0.0.4")
+        """Prometheus text format (services deleted since are left out)."""
+        return Response(monitoring.prometheus(context.redis_client(), _live_services),
+                        mimetype=CONTENT_TYPE_LATEST)
+
+
+def _live_services() -> set[str]:
+    with context.runtime().store.session(readonly=True) as session:
+        return set(session.scalars(select(Service.id)))
