@@ -14,10 +14,12 @@ only a request that passes them has its body read, by the view, in bounded chunk
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from flask import Flask, request
@@ -54,33 +56,67 @@ class Entrance:
         sock = environ.get("gunicorn.socket")  # gunicorn resets it for the connection's next request
         if sock is not None and self.body_timeout > 0:
             sock.settimeout(self.body_timeout)
-        environ["wsgi.input"] = TimedInput(environ["wsgi.input"], self.body_timeout)
+        body = environ["wsgi.input"] = TimedInput(environ["wsgi.input"], self.body_timeout,
+                                                  environ.get("CONTENT_LENGTH") or "")
+        refused = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             headers.append(("X-Request-Id", request_id))
+            if int(status[:3]) >= 400 and not body.complete:
+                refused.append(True)
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start)
+        answer = self.app(environ, start)
+        if refused and sock is not None:
+            return _ThenStopReading(answer, sock)
+        return answer
+
+
+class _ThenStopReading:
+    """An answer after which the connection stops reading: a refused request's unread body is
+    not waited for (the server would hold a thread draining a body that may never come)."""
+
+    def __init__(self, answer: Iterable[bytes], sock: socket.socket) -> None:
+        self.answer, self.sock = answer, sock
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.answer)
+
+    def close(self) -> None:  # the server calls it once the answer is written
+        close = getattr(self.answer, "close", None)
+        if close is not None:
+            close()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
 
 
 class TimedInput:
     """The request body, whose socket timeout is a 408 (BodyTimeout) for the caller: werkzeug's
     reader would report an OSError as a client that went away."""
 
-    def __init__(self, stream: Any, seconds: float) -> None:
+    def __init__(self, stream: Any, seconds: float, length: str) -> None:
         self.stream, self.seconds = stream, seconds
+        self.left = int(length) if length.isdigit() else -1  # -1: chunked, or unknown
+        self.complete = self.left == 0  # read to its end
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self.stream.read(size)  # type: ignore[no-any-return]
+            return self._count(self.stream.read(size), size)
         except TimeoutError as exc:
             raise self._timeout() from exc
 
     def readline(self, size: int = -1) -> bytes:
         try:
-            return self.stream.readline(size)  # type: ignore[no-any-return]
+            return self._count(self.stream.readline(size), size)
         except TimeoutError as exc:
             raise self._timeout() from exc
+
+    def _count(self, data: bytes, size: int) -> bytes:
+        if self.left > 0:
+            self.left -= len(data)
+        if self.left == 0 or (not data and size != 0):
+            self.complete = True
+        return data
 
     def _timeout(self) -> BodyTimeout:
         return BodyTimeout(f"the request body did not arrive within {self.seconds:g} s; "
