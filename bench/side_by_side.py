@@ -92,13 +92,16 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            calls = {}
+            deployed = {}
             for name, tree in trees.items():
                 data_dir, port = Path(tmp) / name / "data", free_port()
                 procs.append(start(tree, data_dir, port))
                 token = (data_dir / "admin_token").read_text().strip()
-                service_id, key = deploy(f"http://127.0.0.1:{port}", token, "side-by-side", model)
-                calls[name] = caller(port, service_id, key, image)
+                deployed[name] = (port, *deploy(f"http://127.0.0.1:{port}", token,
+                                                "side-by-side", model))
+            # connect once both are up: a server may close a connection left idle meanwhile
+            calls = {name: caller(port, service_id, key, image)
+                     for name, (port, service_id, key) in deployed.items()}
             detector = local_detector(model, Settings.from_env(environ={}).ort_threads)
 
             def added(name: str) -> float:

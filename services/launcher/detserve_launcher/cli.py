@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KEEPALIVE_SECONDS = 75  # as nginx's keepalive_timeout
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
@@ -72,6 +75,9 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         return [py, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers",
                 str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                 "--timeout", str(int(settings.predict_timeout) + 30), "--graceful-timeout", "10",
+                # clients that call in a loop keep their connection (gunicorn's 2 s default is
+                # for behind a proxy); an idle one waits in the poller, not in a thread
+                "--keep-alive", str(KEEPALIVE_SECONDS),
                 *tmp, *access, "detserve_api:create_app()"]
     if args.command == "worker":
         if args.flavor == "gpu":
