@@ -140,3 +140,14 @@ def test_json_routes_take_a_few_kilobytes(api):
     port, _ = api
     with _announce(port, "/v1/services", 1_000_000) as sock:
         assert _status(sock) == 413
+
+
+def test_a_refusal_without_a_body_keeps_the_connection(api):
+    port, _ = api
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for _ in range(3):  # a 404 and then more requests on the same connection
+            sock.sendall(b"GET /no/such/route HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while b"}" not in data:
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 404")

@@ -57,7 +57,7 @@ class Entrance:
         if sock is not None and self.body_timeout > 0:
             sock.settimeout(self.body_timeout)
         body = environ["wsgi.input"] = TimedInput(environ["wsgi.input"], self.body_timeout,
-                                                  environ.get("CONTENT_LENGTH") or "")
+                                                  _announced(environ))
         refused = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -90,14 +90,22 @@ class _ThenStopReading:
             self.sock.shutdown(socket.SHUT_RD)
 
 
+def _announced(environ: dict[str, Any]) -> int:
+    """The body's announced length: -1 for a chunked body, 0 for none."""
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return -1
+    length = environ.get("CONTENT_LENGTH") or ""
+    return int(length) if length.isdigit() else 0
+
+
 class TimedInput:
     """The request body, whose socket timeout is a 408 (BodyTimeout) for the caller: werkzeug's
     reader would report an OSError as a client that went away."""
 
-    def __init__(self, stream: Any, seconds: float, length: str) -> None:
+    def __init__(self, stream: Any, seconds: float, length: int) -> None:
         self.stream, self.seconds = stream, seconds
-        self.left = int(length) if length.isdigit() else -1  # -1: chunked, or unknown
-        self.complete = self.left == 0  # read to its end
+        self.left = length  # -1: chunked
+        self.complete = length == 0  # read to its end
 
     def read(self, size: int = -1) -> bytes:
         try:
