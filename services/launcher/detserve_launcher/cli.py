@@ -39,18 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 KEEPALIVE_SECONDS = 75  # as nginx's keepalive_timeout
-# glibc malloc, through its documented environment variables (mallopt(3)), read as each
-# component starts: photo-sized blocks (an upload, its copies, a decoded image) come from one
-# reused heap instead of a fresh mmap whose pages fault in on every copy; other C libraries
-# ignore them, and a value already in the environment wins.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-              "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024), "MALLOC_ARENA_MAX": "1"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name, value in MALLOC_ENV.items():
-        os.environ.setdefault(name, value)  # for the components started or exec'd from here
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
     settings = Settings.from_env()
