@@ -78,7 +78,8 @@ def make_settings(tmp: Path, redis_base: str, **overrides: Any) -> Settings:
     url = f"{redis_base}/{claim_redis_db(redis_base)}"
     redis.Redis.from_url(url).flushdb()
     base = Settings(data_dir=tmp, redis_url=url, admin_token=ADMIN, heartbeat_seconds=1.0,
-                    sweep_seconds=1.0, predict_timeout=20.0, worker_concurrency=1)
+                    sweep_seconds=1.0, predict_timeout=20.0, worker_concurrency=1,
+                    shm_dir=str(tmp / "shm"))  # API and worker share it, as under `detserve up`
     return dataclasses.replace(base, **overrides).resolved()
 
 

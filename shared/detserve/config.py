@@ -41,6 +41,7 @@ class Settings:
     trt_profile: str = "1,8,32"  # min,opt,max batch of the engine when the ONNX batch is dynamic
     trt_workspace_mb: int = 1024
     batch_window_ms: float = 4.0
+    shm_dir: str = ""  # a tmpfs directory the API and every worker share (lane/shm.py); "" = none
     access_log: bool = False  # one gunicorn line per request; monitoring already counts them
     prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 

@@ -14,6 +14,7 @@ from api_client import ApiClient
 
 from detserve.config import Settings
 from detserve.inference.synthetic import CLASSES, scene
+from detserve_launcher.supervisor import embedded_shm_dir
 from support import Proc, child_env, detserve_cmd, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,8 @@ def stop(proc: Proc, data_dir: Path, port: int) -> None:
     assert proc.proc.wait(timeout=60) == 0, proc.tail()
     wait_for(lambda: not leftovers(data_dir), 10, what=f"no orphans: {leftovers(data_dir)}")
     assert port_free(port)
+    shm = embedded_shm_dir(Settings(data_dir=data_dir).resolved())
+    assert not shm or not Path(shm).exists()  # nor the shared-memory directory it made
 
 
 def test_up_restart_keeps_everything(tmp_path):

@@ -10,7 +10,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from detserve.errors import InvalidImage, PredictionTimeout, Unavailable
-from detserve.lane.client import LaneClient
+from detserve.lane import shm
+from detserve.lane.client import LaneClient, Port
 from detserve.lane.consumer import LaneConsumer
 from detserve.lane.frames import LANE_KEY, Frame, RemoteError, encode_frame, new_reply_key
 from support import Proc, free_port, redis_alive, wait_for
@@ -76,6 +77,8 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def handle(version_id: int, image: bytes) -> dict[str, Any]:
+    if image == b"big":  # an answer too big for one datagram
+        return {"detection_classes": ["x" * 100] * 3000, "inference_ms": 0.5}
     if image == b"bad":
         raise InvalidImage("not an image we take")
     if image == b"crash":
@@ -83,17 +86,37 @@ def handle(version_id: int, image: bytes) -> dict[str, Any]:
     return {"detection_classes": [image.decode()], "version": version_id, "inference_ms": 0.5}
 
 
+@pytest.fixture(params=["", "shm"], ids=["across-hosts", "same-host"])
+def shm_dir(request, tmp_path: Path) -> str:
+    """The deployment mode: frames carry their image, or hand it over in a shared directory."""
+    return str(tmp_path / request.param) if request.param else ""
+
+
 @pytest.fixture
-def consumer(server: RedisServer) -> Iterator[LaneConsumer]:
-    lane = LaneConsumer(server.url, "cpu", handle, threads=2)
+def make_client(server: RedisServer) -> Iterator[Callable[..., LaneClient]]:
+    """LaneClients on the test's Redis, closed (ports removed) at the end."""
+    made: list[LaneClient] = []
+
+    def make(timeout: float, shm_dir: str = "") -> LaneClient:
+        made.append(LaneClient(server.url, timeout=timeout, shm_dir=shm_dir))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def consumer(server: RedisServer, shm_dir: str) -> Iterator[LaneConsumer]:
+    lane = LaneConsumer(server.url, "cpu", handle, threads=2, shm_dir=shm_dir)
     lane.start()
     yield lane
     lane.stop()
     lane.join()
 
 
-def test_answers_and_errors_come_back(server, consumer):
-    client = LaneClient(server.url, timeout=10)
+def test_answers_and_errors_come_back(server, consumer, shm_dir, make_client):
+    client = make_client(10, shm_dir)
     answer = client.call("cpu", 3, "svc", b"cat")
     assert json.loads(answer.body)["detection_classes"] == ["cat"] and answer.inference_ms == 0.5
     with pytest.raises(RemoteError) as bad:
@@ -102,9 +125,36 @@ def test_answers_and_errors_come_back(server, consumer):
     with pytest.raises(RemoteError) as crash:
         client.call("cpu", 3, "svc", b"crash")
     assert crash.value.status_code == 503 and "secret" not in crash.value.message
+    big = json.loads(client.call("cpu", 3, "svc", b"big").body)
+    assert big["detection_classes"] == ["x" * 100] * 3000
+    client.close()
+    if shm_dir:  # the ports went with the client; nothing else is left in the directory
+        assert sorted(p.name for p in Path(shm_dir).iterdir()) == [shm.ID_FILE]
 
 
-def test_stale_and_malformed_frames_are_dropped(server, consumer):
+def test_a_shared_directory_that_is_not_ours_alone_is_refused(tmp_path):
+    shared = tmp_path / "open"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="chmod 700"):
+        shm.open_dir(shared)
+
+
+def test_ports_of_dead_processes_are_swept(tmp_path):
+    directory, shm_id = shm.open_dir(tmp_path / "shm")
+    live, dead = Port(directory, shm_id), Port(directory, shm_id)
+    dead_files = [dead.slot, dead.slot.with_suffix(shm.SOCK)]
+    os.close(dead._fd)  # its lock goes, as when its process dies
+    dead._sock.close()
+    old = time.time() - 120
+    for path in dead_files + [live.slot]:
+        os.utime(path, (old, old))
+    assert shm.sweep(directory, 60) == 1
+    assert not any(p.exists() for p in dead_files) and live.slot.exists()
+    live.close()
+
+
+def test_stale_and_malformed_frames_are_dropped(server, consumer, make_client):
     r = redis.Redis.from_url(server.url)
     lane = LANE_KEY.format(flavor="cpu")
     stale = new_reply_key()
@@ -117,7 +167,7 @@ def test_stale_and_malformed_frames_are_dropped(server, consumer):
     fresh = LaneConsumer(server.url, "cpu", handle, threads=1)
     fresh.start()
     try:
-        answer = LaneClient(server.url, timeout=10).call("cpu", 1, "svc", b"new")
+        answer = make_client(10).call("cpu", 1, "svc", b"new")
     finally:
         fresh.stop()
         fresh.join()
@@ -126,16 +176,16 @@ def test_stale_and_malformed_frames_are_dropped(server, consumer):
     assert r.exists(stale) == 0 and r.llen(lane) == 0
 
 
-def test_no_worker_is_a_504_within_the_timeout(server):
-    client = LaneClient(server.url, timeout=0.5)
+def test_no_worker_is_a_504_within_the_timeout(server, make_client):
+    client = make_client(0.5)
     started = time.monotonic()
     with pytest.raises(PredictionTimeout):
         client.call("gpu", 1, "svc", b"img")
     assert time.monotonic() - started < 0.5 + MARGIN
 
 
-def test_a_frozen_redis_ends_the_call_within_the_timeout(server, consumer):
-    client = LaneClient(server.url, timeout=1.0)
+def test_a_frozen_redis_ends_the_call_within_the_timeout(server, consumer, shm_dir, make_client):
+    client = make_client(1.0, shm_dir)
     client.call("cpu", 1, "svc", b"warm")  # a pooled connection, as a busy API has
     server.pause()
     started = time.monotonic()
@@ -145,8 +195,8 @@ def test_a_frozen_redis_ends_the_call_within_the_timeout(server, consumer):
     assert exc.value.status_code == 504
 
 
-def test_a_stopped_redis_is_a_503(server):
-    client = LaneClient(server.url, timeout=5.0)
+def test_a_stopped_redis_is_a_503(server, make_client):
+    client = make_client(5.0)
     server.stop()
     started = time.monotonic()
     with pytest.raises(Unavailable) as exc:
@@ -154,8 +204,8 @@ def test_a_stopped_redis_is_a_503(server):
     assert exc.value.status_code == 503 and time.monotonic() - started < 5.0
 
 
-def test_after_a_restart_every_threads_first_call_succeeds(server, consumer):
-    client = LaneClient(server.url, timeout=15)
+def test_after_a_restart_every_threads_first_call_succeeds(server, consumer, shm_dir, make_client):
+    client = make_client(15, shm_dir)
     threads = 4
     barrier = threading.Barrier(threads)
 

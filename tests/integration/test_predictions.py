@@ -10,7 +10,8 @@ from PIL import Image
 
 from api_helpers import AUTH, predict, running_service, wait_status
 from conftest import as_config
-from detserve.lane.frames import LANE_KEY
+from detserve.lane import shm
+from detserve.lane.frames import LOCAL_LANE_KEY
 from detserve.service.demo import build_blob_detector
 from support import blobs_image, image_bytes, wait_for
 
@@ -204,6 +205,6 @@ def test_no_worker_answer_is_504(stack, client):
     assert resp.status_code == 504 and resp.json["error"]["code"] == "prediction_timeout"
     client.post(f"/v1/services/{created.json['id']}/stop", headers=AUTH)
     # and the unconsumed frame does not wait forever for a gpu worker that never comes
-    lane = LANE_KEY.format(flavor="gpu")
+    lane = LOCAL_LANE_KEY.format(flavor="gpu", shm_id=shm.open_dir(stack.settings.shm_dir)[1])
     assert r.llen(lane) == 1 and 0 < r.ttl(lane) <= 61
     r.delete(lane)

@@ -51,7 +51,7 @@ def create_app(
                            settings.autostop_hour_seconds),
         "redis": client,
         "monitor": monitoring.Recorder(client),
-        "lane": LaneClient(settings.redis_url, settings.predict_timeout),
+        "lane": LaneClient(settings.redis_url, settings.predict_timeout, settings.shm_dir),
         "admin_token": admin_token(settings),
     }
     app.extensions["celery"] = celery

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -98,6 +100,7 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    own_shm = "" if settings.shm_dir else embedded_shm_dir(settings)  # ours to remove at the end
     try:
         if not settings.redis_url:
             redis_child = embedded_redis(settings, logs)
@@ -105,7 +108,8 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
             settings = replace(settings, redis_url=redis_child.env["DETSERVE_REDIS_URL"])
             wait_for_redis(settings.redis_url, redis_child)
         settings = replace(settings, admin_token=token,
-                           api_url=settings.api_url or f"http://{_client_host(host)}:{port}")
+                           api_url=settings.api_url or f"http://{_client_host(host)}:{port}",
+                           shm_dir=settings.shm_dir or own_shm)
         store = Store(settings.database_url)
         store.migrate()
         env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
@@ -148,6 +152,17 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
         return 0
     finally:
         shutdown(children)
+        if own_shm:
+            shutil.rmtree(own_shm, ignore_errors=True)  # images in flight died with the children
+
+
+def embedded_shm_dir(settings: Settings) -> str:
+    """Where `detserve up` hands sync predictions' images over in memory ("" without /dev/shm):
+    every component runs on this machine."""
+    if not os.path.isdir("/dev/shm"):
+        return ""
+    digest = hashlib.sha256(str(settings.data_dir).encode()).hexdigest()[:12]
+    return f"/dev/shm/detserve-{digest}"  # one per data dir, so two `detserve up`s never mix
 
 
 def _client_host(host: str) -> str:

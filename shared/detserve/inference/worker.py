@@ -177,7 +177,7 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def _start_lane(**_: Any) -> None:
         # as many lane threads as pool threads: sync and async predictions share the slots
         lane["consumer"] = LaneConsumer(settings.redis_url, flavor, state.predict,
-                                        state.concurrency)
+                                        state.concurrency, settings.shm_dir)
         lane["consumer"].start()
 
     @signals.worker_shutting_down.connect(weak=False)

@@ -17,6 +17,7 @@ from detserve.errors import DetserveError
 
 FORMAT = 3
 LANE_KEY = "detserve:lane:{flavor}"  # frames; any worker of the flavor takes them
+LOCAL_LANE_KEY = "detserve:lane:{flavor}:{shm_id}"  # frames whose image waits in that directory
 REPLY_KEY = "detserve:reply:{id}"  # one per call: the caller BLPOPs it
 
 
@@ -28,6 +29,8 @@ class Frame:
     deadline: float  # epoch seconds: after this nobody waits for the answer
     image: bytes
     request_id: str = ""  # for the worker's log lines
+    port: str = ""  # same host: the image waits in that port's slot, the answer goes there
+    image_size: int = 0  # with a port: how many bytes of its slot are the image
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,8 @@ def new_reply_key() -> str:
 def encode_frame(frame: Frame) -> bytes:
     header = {"format": FORMAT, "version_id": frame.version_id, "service_id": frame.service_id,
               "reply_to": frame.reply_to, "deadline": frame.deadline,
-              "request_id": frame.request_id}
+              "request_id": frame.request_id, "port": frame.port,
+              "image_size": frame.image_size}
     return json.dumps(header).encode() + b"\n" + frame.image
 
 
@@ -68,7 +72,8 @@ def decode_frame(data: bytes) -> Frame:
             raise ValueError(f"unknown frame format {header!r:.80}")
         return Frame(int(header["version_id"]), str(header["service_id"]),
                      str(header["reply_to"]), float(header["deadline"]), image,
-                     str(header.get("request_id") or ""))
+                     str(header.get("request_id") or ""), str(header.get("port") or ""),
+                     int(header.get("image_size") or 0))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed frame header: {exc}") from exc
 
