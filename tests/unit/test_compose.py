@@ -40,3 +40,12 @@ def test_workers_are_on_their_queues_and_dockerfiles_exist():
         build = svc.get("build")
         if build:
             assert (ROOT / build["dockerfile"]).is_file()
+
+
+def test_api_and_workers_share_the_handoff_memory():
+    compose = load()
+    assert compose["volumes"]["handoff"]["driver_opts"]["type"] == "tmpfs"
+    for name in ("api", "worker-cpu", "worker-gpu"):
+        svc = compose["services"][name]
+        assert "handoff:/shm" in svc["volumes"], name
+        assert svc["environment"]["DETSERVE_SHM_DIR"] == "/shm", name
