@@ -224,3 +224,11 @@ def test_after_a_restart_every_threads_first_call_succeeds(server, consumer, shm
         barrier.reset()
         bodies = list(pool.map(call, range(threads)))
     assert [json.loads(b)["detection_classes"] for b in bodies] == [[f"t{i}"] for i in range(threads)]
+
+
+def test_a_shared_directory_that_cannot_take_a_port_is_a_503(server, make_client, tmp_path):
+    # a path too long for a Unix socket's name: the server's fault, said as such
+    client = make_client(1.0, str(tmp_path / ("d" * 120)))
+    with pytest.raises(Unavailable, match="shared directory") as exc:
+        client.call("cpu", 1, "svc", b"img")
+    assert exc.value.status_code == 503

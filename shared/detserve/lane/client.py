@@ -43,6 +43,9 @@ from detserve.lane.frames import (
 MARGIN_SECONDS = 1.0  # the socket waits this much longer than the BLPOP it carries
 CONNECT_SECONDS = 2.0
 LANE_KEEP_SECONDS = 60  # a lane no worker takes from vanishes this long after its last call
+# a slot is rewritten in place (new pages per image cost more than the write); one grown past
+# this by a huge image is emptied before the next
+KEEP_BYTES = 4 * 1024 * 1024
 
 
 class LaneClient:
@@ -70,11 +73,15 @@ class LaneClient:
         """
         frame = Frame(version_id, service_id, new_reply_key(), time.time() + self.timeout,
                       image, request_id)
-        port = self._port()
-        if port is None:
+        if self.shared is None:
             data = self._send(LANE_KEY.format(flavor=flavor), frame, wait=True)
         else:
-            frame = port.hold(frame)
+            try:
+                port = self._port()
+                frame = port.hold(frame)
+            except OSError as exc:  # full, or a path too long for a socket's name
+                raise Unavailable(f"the shared directory {self.shared[0]} cannot take the image "
+                                  f"({exc}); tell the operator") from exc
             self._send(LOCAL_LANE_KEY.format(flavor=flavor, shm_id=port.shm_id), frame, wait=False)
             data = port.receive(frame.reply_to, self.timeout)
         if data is None:
@@ -104,10 +111,9 @@ class LaneClient:
             raise Unavailable("the broker (Redis) cannot be reached; try again later") from exc
         return item[1] if wait and item is not None else None  # type: ignore[no-any-return]
 
-    def _port(self) -> Port | None:
-        """This thread's port in the shared directory (None without one)."""
-        if self.shared is None:
-            return None
+    def _port(self) -> Port:
+        """This thread's port in the shared directory."""
+        assert self.shared is not None
         port: Port | None = getattr(self._local, "port", None)
         if port is None:
             port = self._local.port = Port(*self.shared)
@@ -133,14 +139,22 @@ class Port:
         self.shm_id, self.name = shm_id, secrets.token_hex(8)
         self.slot = shm.port_path(directory, self.name, shm.SLOT)
         self._fd = os.open(self.slot, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while we live (shm.sweep)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(self.slot.with_suffix(shm.SOCK)))
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while we live (shm.sweep)
+            self._sock.bind(str(self.slot.with_suffix(shm.SOCK)))
+        except OSError:
+            self.close()
+            raise
         self._buf = bytearray(shm.DATAGRAM_BYTES + 4096)
+        self._size = 0
 
     def hold(self, frame: Frame) -> Frame:
         """The frame to queue: its image written into the slot, its name in the frame's place."""
+        if self._size > KEEP_BYTES:
+            os.ftruncate(self._fd, 0)  # a huge image does not keep its memory
         shm.write_all(self._fd, frame.image)
+        self._size = len(frame.image)
         return Frame(frame.version_id, frame.service_id, frame.reply_to, frame.deadline, b"",
                      frame.request_id, self.name, len(frame.image))
 
