@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pycuda.driver as cuda
 import tensorrt as trt
 
 from detserve.errors import ModelLoadError
+from detserve.service.progress import path_free
 
 log = logging.getLogger("detserve.inference.worker.gpu")
 MAJOR = int(trt.__version__.split(".")[0])
@@ -80,14 +80,6 @@ def planned_precision(onnx_bytes: bytes, wanted: str, builder: Any) -> str:
     if MAJOR >= 11 or graph == "fp16":
         return graph
     return "fp16" if wanted == "fp16" and builder.platform_has_fast_fp16 else "fp32"
-
-
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+)+[\\/]([\w.\-]+)")
-
-
-def path_free(text: str) -> str:
-    """The builder's words without the directories of any file it names (they are the host's)."""
-    return _PATH.sub(r"\1", text)
 
 
 class BuildLog(trt.ILogger):  # type: ignore[misc]

@@ -16,7 +16,7 @@ from celery import Celery, signals
 from detserve import allocator
 from detserve import tasknames as names
 from detserve.config import Settings, admin_token
-from detserve.errors import NotFound
+from detserve.errors import ModelLoadError, NotFound
 from detserve.inference.batching import Batcher
 from detserve.inference.detector import Detections, Detector, Limits, Prepared
 from detserve.lane import synclane
@@ -24,6 +24,7 @@ from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.lane.handoff import Handoff
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
+from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
@@ -56,7 +57,11 @@ class ModelHost:
 
     def load(self, version: ModelVersion) -> Detector:
         """Fetch and verify the artifact, build the backend, warm it up, cache it."""
+        report = progress.current()
+        report.enter("fetching", bytes_total=version.size_bytes)
         data = self.rt.artifacts.get(version.sha256)
+        report.advance(1.0, bytes_done=len(data))
+        report.enter("loading")
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
                  version.sha256[:12], self.backend_cls.__name__)
@@ -64,6 +69,7 @@ class ModelHost:
             data, spec, threads=self.settings.ort_threads, settings=self.settings,
             artifacts=self.rt.artifacts, sha256=version.sha256)
         detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
+        report.enter("warming_up")
         detector.warm_up()
         max_batch = int(getattr(backend, "max_batch", 1))
         if max_batch > 1:
@@ -150,7 +156,20 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def deploy(service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        complete_deploy(host.rt, service_id, host.load)
+        deploy_progress = progress.DeployProgress(state.redis, service_id)
+        deploy_progress.taken()
+
+        def load(version: ModelVersion) -> None:
+            try:
+                backend = host.load(version).backend
+            except Exception as exc:  # the service's error names the step that failed
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                raise ModelLoadError(deploy_progress.fail(message)) from exc
+            describe = getattr(backend, "describe", None)  # ready before Running is visible
+            deploy_progress.done(describe() if describe else None)
+
+        with progress.reporting(deploy_progress):
+            complete_deploy(host.rt, service_id, load)
 
     @app.task(name=names.PREDICT)
     def predict(version_id: int, image_key: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ a deploy (a model loaded on first use by another process reports nothing).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,15 @@ STEPS: dict[str, tuple[str, int, int]] = {
 }
 
 
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z]:)?(?:[\\/][\w.\-]+)+[\\/]([\w.\-]+)")
+
+
+def path_free(text: str) -> str:
+    """`text` without the directories of any file it names: they are the worker host's (a URL's
+    path stays)."""
+    return _PATH.sub(r"\1", text)
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -52,8 +62,10 @@ class DeployProgress:
     def taken(self) -> None:
         """A worker took the deploy: keep the queued step the API wrote, if this deploy's."""
         old = read(self.client, self.service_id)
-        fresh = old and old["steps"] and old["steps"][-1]["name"] == "queued"
-        self.record = old if fresh else {"steps": [], "error": None, "engine": None}
+        if old and old["steps"] and old["steps"][-1]["name"] == "queued":
+            self.record = old
+        else:
+            self.record = {"steps": [], "error": None, "engine": None}
 
     def enter(self, step: str, detail: str | None = None, **facts: Any) -> None:
         """A new step starts, e.g. enter("fetching", bytes_total=n)."""
@@ -79,7 +91,7 @@ class DeployProgress:
         label = step["label"] if step else "deploying"
         if step:
             step["failed"] = True
-        self.record["error"] = f"{label} failed: {message}"
+        self.record["error"] = f"{label} failed: {path_free(message)}"
         self._write(force=True)
         return str(self.record["error"])
 
