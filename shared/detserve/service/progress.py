@@ -52,7 +52,7 @@ class DeployProgress:
     def __init__(self, client: redis.Redis, service_id: str) -> None:
         self.client, self.service_id = client, service_id
         self.record: dict[str, Any] = {}
-        self._written = 0.0
+        self._written, self._figure = 0.0, -1
 
     def queued(self) -> None:
         """A deploy was sent: a new record whose only step is the wait for a worker."""
@@ -100,11 +100,12 @@ class DeployProgress:
         self.enter("ready")
 
     def _write(self, force: bool) -> None:
-        # a build reports thousands of steps: write those at most a few times a second
-        now = time.monotonic()
-        if not force and now - self._written < 0.2:
+        # a build reports thousands of steps: write when the figure moves, or once a second
+        steps = self.record.get("steps") or [{"progress": 0}]
+        now, figure = time.monotonic(), steps[-1]["progress"]
+        if not force and figure == self._figure and now - self._written < 1.0:
             return
-        self._written = now
+        self._written, self._figure = now, figure
         self.client.set(KEY.format(self.service_id), json.dumps(self.record), ex=TTL_SECONDS)
 
 
