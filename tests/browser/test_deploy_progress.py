@@ -4,13 +4,13 @@ through the same progress record a worker writes, and a failed build in the buil
 from __future__ import annotations
 
 import redis
+from test_console import ARTIFACTS, browser, page, pytestmark, sign_in  # noqa: F401 (fixtures)
 
 from api_helpers import AUTH, upload
 from detserve.monitoring import heartbeats
 from detserve.service import status
 from detserve.service.demo import build_blob_detector
 from detserve.service.progress import DeployProgress
-from test_console import ARTIFACTS, browser, page, pytestmark, sign_in  # noqa: F401 (fixtures)
 
 WORKER = "gpu@browser-progress"
 
