@@ -19,10 +19,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from detserve.config import Settings
-from detserve_launcher.supervisor import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"
+
+
+def free_port() -> int:
+    """The launcher's own, imported when called: the launcher pulls in Celery and SQLAlchemy,
+    which the gpu tests (run where only CUDA and the model stack are installed) never need."""
+    from detserve_launcher.supervisor import free_port as launcher_free_port
+
+    return launcher_free_port()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
