@@ -82,3 +82,12 @@ def test_a_stopped_service_shows_no_progress(client):
     again = wait_status(client, sid, "Running")
     assert [s["name"] for s in again["deploy_steps"]][-1] == "ready"
     assert [s["name"] for s in again["deploy_steps"]].count("queued") == 1
+
+
+def test_openapi_documents_the_progress_fields(client):
+    schemas = client.get("/openapi.json").json["components"]["schemas"]
+    service = schemas["Service"]["properties"]
+    assert {"progress", "phase", "deploy_steps", "engine"} <= set(service)
+    assert {"name", "label", "detail", "elapsed_seconds", "failed", "bytes_done", "bytes_total"} <= \
+        set(schemas["Phase"]["properties"])
+    assert "precision" in schemas["Engine"]["properties"]
