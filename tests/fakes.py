@@ -1,4 +1,5 @@
-"""Fakes of the `tensorrt` and `pycuda.driver` modules, with only the names TensorRTBackend uses.
+"""Fakes of the `tensorrt` and `pycuda.driver` (tests/fakecuda.py) modules, with only the names
+TensorRTBackend uses.
 
 The engine is the ONNX model run by ONNX Runtime; device memory is host memory behind integer
 addresses; so the backend's real logic (I/O by tensor name, shapes, buffers, copies, streams,
@@ -9,15 +10,15 @@ tests/unit/test_tensorrt_fake.py checks them against one list of real names per 
 
 from __future__ import annotations
 
-import itertools
 import json
-import threading
 import types
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+import fakecuda
 
 # ---- tensorrt -------------------------------------------------------------------------------
 
@@ -250,13 +251,13 @@ class IExecutionContext:
 # How the engine's execution reaches device memory; tests/gpu swaps these for real CUDA copies.
 def read_device(address: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     dtype = np.dtype(dtype)
-    raw = _MEMORY[address].data[: int(np.prod(shape)) * dtype.itemsize]
+    raw = fakecuda.MEMORY[address].data[: int(np.prod(shape)) * dtype.itemsize]
     return np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape)
 
 
 def write_device(address: int, value: np.ndarray) -> None:
     raw = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
-    _MEMORY[address].data[: raw.size] = raw
+    fakecuda.MEMORY[address].data[: raw.size] = raw
 
 
 class ICudaEngine:
@@ -324,96 +325,6 @@ class Runtime10(Runtime):
     engine_class = ICudaEngine10
 
 
-# ---- pycuda.driver --------------------------------------------------------------------------
-
-_MEMORY: dict[int, DeviceAllocation] = {}
-_ADDRESSES = itertools.count(0x10000, 0x10000)
-FREE_MEMORY = 80 << 30  # what mem_get_info reports free; tests shrink it
-
-
-class DeviceAllocation:
-    def __init__(self, size: int) -> None:
-        self.address = next(_ADDRESSES)
-        self.data = np.zeros(size, dtype=np.uint8)
-        _MEMORY[self.address] = self
-
-    def __int__(self) -> int:
-        return self.address
-
-    def free(self) -> None:
-        _MEMORY.pop(self.address, None)
-
-
-def mem_alloc(bytes: int) -> DeviceAllocation:  # noqa: A002 - pycuda's own parameter name
-    return DeviceAllocation(bytes)
-
-
-def mem_get_info() -> tuple[int, int]:
-    return FREE_MEMORY, 80 << 30
-
-
-def pagelocked_empty(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.empty(shape, dtype=dtype)
-
-
-def memcpy_htod_async(dest: DeviceAllocation, src: np.ndarray, stream: Stream | None = None) -> None:
-    raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
-    dest.data[: raw.size] = raw
-
-
-def memcpy_dtoh_async(dest: np.ndarray, src: DeviceAllocation, stream: Stream | None = None) -> None:
-    view = dest.reshape(-1).view(np.uint8)
-    view[:] = src.data[: view.size]
-
-
-class Stream:
-    _handles = itertools.count(1)
-
-    def __init__(self, flags: int = 0) -> None:
-        self.handle = next(Stream._handles)
-        self.synchronized = 0
-
-    def synchronize(self) -> None:
-        self.synchronized += 1
-
-
-_DEPTH_LOCK = threading.Lock()
-
-
-class Context:
-    depth = 0  # pushes minus pops over all threads: the backend must leave it balanced
-
-    def push(self) -> None:
-        with _DEPTH_LOCK:
-            Context.depth += 1
-
-    def pop(self) -> None:
-        with _DEPTH_LOCK:
-            Context.depth -= 1
-
-
-class Device:
-    def __init__(self, number: int) -> None:
-        self.number = number
-
-    @staticmethod
-    def count() -> int:
-        return 1
-
-    def name(self) -> str:
-        return "Fake GPU H100"
-
-    def compute_capability(self) -> tuple[int, int]:
-        return (9, 0)
-
-    def retain_primary_context(self) -> Context:
-        return Context()
-
-
-def init(flags: int = 0) -> None:
-    return None
-
-
 TENSORRT_NAMES = {
     10: {"ILogger": ILogger, "Logger": Logger, "IProgressMonitor": IProgressMonitor,
          "MemoryPoolType": MemoryPoolType, "BuilderFlag": BuilderFlag, "TensorIOMode": TensorIOMode,
@@ -432,10 +343,7 @@ def modules(version: str = VERSIONS[10]) -> dict[str, types.ModuleType]:
     for name, value in TENSORRT_NAMES[int(version.split(".")[0])].items():
         setattr(trt, name, value)
     trt.__version__ = version
-    driver = types.ModuleType("pycuda.driver")
-    for name in ("mem_alloc", "mem_get_info", "pagelocked_empty", "memcpy_htod_async",
-                 "memcpy_dtoh_async", "Stream", "Device", "Context", "init"):
-        setattr(driver, name, globals()[name])
+    driver = fakecuda.module()
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver  # type: ignore[attr-defined]
     return {"tensorrt": trt, "pycuda": pycuda, "pycuda.driver": driver}

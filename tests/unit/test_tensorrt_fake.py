@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
+import fakecuda
 import fakes
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
@@ -114,7 +115,7 @@ def test_fake_names_exist_in_the_real_api(major):
                       ("IBuilderConfig", fakes.IBuilderConfig), ("ICudaEngine", engine),
                       ("IOptimizationProfile", fakes.IOptimizationProfile),
                       ("IExecutionContext", fakes.IExecutionContext),
-                      ("DeviceAllocation", fakes.DeviceAllocation)):
+                      ("DeviceAllocation", fakecuda.DeviceAllocation)):
         invented = _class_names(name, cls) - REAL_TENSORRT[major] - REAL_PYCUDA - FAKE_ONLY
         assert not invented, f"{name} ({major}) has names the real API lacks: {invented}"
 
@@ -163,7 +164,7 @@ def test_outputs_match_onnx_runtime(trt_backend, tmp_path):
     got = Detector(backend, {"labels": package.labels, **spec}, limits).infer(image)
     want = Detector(reference, {"labels": package.labels, **spec}, limits).infer(image)
     assert got == want and got.classes
-    assert fakes.Context.depth == 0
+    assert fakecuda.Context.depth == 0
 
 
 def test_concurrent_callers_of_a_static_engine_each_get_their_own_answer(trt_backend, tmp_path):
@@ -191,12 +192,12 @@ def test_concurrent_callers_of_a_static_engine_each_get_their_own_answer(trt_bac
     # then every request got its own image's answer, on more than one execution context at once
     assert wrong == 0, f"{wrong} of 480 answers belonged to another image"
     assert 1 < backend.pool.busy_peak <= backend.pool.created <= 16
-    assert fakes.Context.depth == 0
+    assert fakecuda.Context.depth == 0
 
 
 def test_the_pool_is_bounded_by_device_memory(trt_backend, tmp_path, monkeypatch):
     per_context = (8 << 20) + 3 * 64 * 64 * 4 + 7 * 4 * 4  # activations, input, output
-    monkeypatch.setattr(fakes, "FREE_MEMORY", 2 * 3 * per_context + 100)  # half of it fits three
+    monkeypatch.setattr(fakecuda, "FREE_MEMORY", 2 * 3 * per_context + 100)  # half of it fits three
     *_, backend = _load(trt_backend, dynamic_batch_model(batch=1), tmp_path, worker_concurrency=16)
     assert backend.pool.size == 3
     assert backend.describe()["contexts"] == 3
@@ -242,7 +243,7 @@ def test_cache_key_covers_every_input(trt_backend, monkeypatch):
     monkeypatch.setattr(engines, "MAJOR", engines.MAJOR + 1)
     assert base != key("d" * 64, "fp16", profile)
     monkeypatch.setattr(engines, "MAJOR", engines.MAJOR - 1)
-    monkeypatch.setattr(fakes.Device, "compute_capability", lambda self: (8, 9))
+    monkeypatch.setattr(fakecuda.Device, "compute_capability", lambda self: (8, 9))
     assert base != key("d" * 64, "fp16", profile)
 
 
@@ -323,4 +324,4 @@ def test_dynamic_batch_profile_and_growing_buffers(trt_backend, tmp_path):
     assert allocations[1] == allocations[2]  # 4 fits in the buffer of 8
     with pytest.raises(ValueError, match="outside the profile"):
         backend.infer(np.zeros((17, 3, 64, 64), np.float32))
-    assert fakes.Context.depth == 0
+    assert fakecuda.Context.depth == 0
