@@ -325,3 +325,14 @@ def test_dynamic_batch_profile_and_growing_buffers(trt_backend, tmp_path):
     with pytest.raises(ValueError, match="outside the profile"):
         backend.infer(np.zeros((17, 3, 64, 64), np.float32))
     assert fakecuda.Context.depth == 0
+
+
+def test_closing_mid_request_frees_that_slot_when_it_ends(trt_backend, tmp_path):
+    *_, backend = _load(trt_backend, dynamic_batch_model(batch=1), tmp_path, worker_concurrency=4)
+    backend.infer(np.zeros((1, 3, 64, 64), np.float32))  # a slot with its buffers
+    with backend.pool.checkout() as busy:  # a request still running when the model is unloaded
+        addresses = [int(device) for device, _ in busy.buffers.values()]
+        backend.close()
+        assert all(a in fakecuda.MEMORY for a in addresses) and busy.context is not None
+    assert not any(a in fakecuda.MEMORY for a in addresses) and busy.context is None
+    assert fakecuda.Context.depth == 0

@@ -88,6 +88,7 @@ class ContextPool:
         self.created = 0
         self.busy_peak = 0
         self._busy = 0
+        self._closed = False
 
     @contextmanager
     def checkout(self) -> Iterator[Slot]:
@@ -97,7 +98,11 @@ class ContextPool:
         finally:
             with self._lock:
                 self._busy -= 1
-            self._idle.put(slot)
+                closed = self._closed
+            if closed:  # unloaded while this request ran: free it here, in the CUDA context
+                _free(slot)
+            else:
+                self._idle.put(slot)
 
     def _take(self) -> Slot:
         try:
@@ -127,11 +132,18 @@ class ContextPool:
         return Slot(context, cuda.Stream())
 
     def close(self) -> None:
+        """Free the idle slots now and any busy one when its request ends."""
+        with self._lock:
+            self._closed = True
         while True:
             try:
-                slot = self._idle.get_nowait()
+                _free(self._idle.get_nowait())
             except queue.Empty:
                 return
-            for device, _ in slot.buffers.values():
-                device.free()
-            slot.buffers.clear()
+
+
+def _free(slot: Slot) -> None:
+    for device, _ in slot.buffers.values():
+        device.free()
+    slot.buffers.clear()
+    slot.context = None  # the execution context goes now, while the CUDA context is current
