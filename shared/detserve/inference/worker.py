@@ -16,7 +16,7 @@ from celery import Celery, signals
 from detserve import allocator
 from detserve import tasknames as names
 from detserve.config import Settings, admin_token
-from detserve.errors import ModelLoadError, NotFound
+from detserve.errors import NotFound
 from detserve.inference.batching import Batcher
 from detserve.inference.detector import Detections, Detector, Limits, Prepared
 from detserve.lane import synclane
@@ -156,19 +156,7 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def deploy(service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        deploy_progress = progress.DeployProgress(state.redis, service_id)
-        deploy_progress.taken()
-
-        def load(version: ModelVersion) -> None:
-            try:
-                backend = host.load(version).backend
-            except Exception as exc:  # the service's error names the step that failed
-                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-                raise ModelLoadError(deploy_progress.fail(message)) from exc
-            describe = getattr(backend, "describe", None)  # ready before Running is visible
-            deploy_progress.done(describe() if describe else None)
-
-        with progress.reporting(deploy_progress):
+        with progress.deploying(state.redis, service_id, host.load) as load:
             complete_deploy(host.rt, service_id, load)
 
     @app.task(name=names.PREDICT)

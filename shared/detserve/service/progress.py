@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+
+from detserve.errors import ModelLoadError
 
 KEY = "detserve:deploy:{}"
 TTL_SECONDS = 24 * 3600
@@ -159,9 +161,24 @@ def current() -> DeployProgress | _Silent:
 
 
 @contextmanager
-def reporting(progress: DeployProgress) -> Iterator[DeployProgress]:
-    token = _current.set(progress)
+def deploying(client: redis.Redis, service_id: str,
+              load: Callable[[Any], Any]) -> Iterator[Callable[[Any], None]]:
+    """The worker's deploy of `service_id`: gives `load` wrapped so that its steps are recorded,
+    the engine it built too, and a failure names its step (a ModelLoadError saying which)."""
+    record = DeployProgress(client, service_id)
+    record.taken()
+
+    def recorded(version: Any) -> None:
+        try:
+            backend = load(version).backend
+        except Exception as exc:  # the service's error names the step that failed
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            raise ModelLoadError(record.fail(message)) from exc
+        describe = getattr(backend, "describe", None)
+        record.done(describe() if describe else None)  # ready before Running is visible
+
+    token = _current.set(record)
     try:
-        yield progress
+        yield recorded
     finally:
         _current.reset(token)
