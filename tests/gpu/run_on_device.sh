@@ -14,37 +14,37 @@
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-LOG=$OUT/device.log
-exec > >(tee "$LOG") 2>&1
 ROOT=$PWD
 SITE=/tmp/detserve-site
 PY=python3
+
+main() {
 echo "== $(date -u +%FT%TZ) on $(hostname)"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || return 1
 nvcc --version | tail -2
 $PY --version
 $PY -c "import numpy, onnx, onnxruntime, PIL; print('numpy', numpy.__version__, 'onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__, 'pillow', PIL.__version__)"
 
 echo "== carried wheels"
-$PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$ROOT"/.gpucarry/*.whl || exit 1
+$PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$ROOT"/.gpucarry/*.whl || return 1
 export PYTHONPATH=$SITE
 
 echo "== pycuda from its sdist"
 started=$(date +%s)
 CUDA_ROOT=$(dirname "$(dirname "$(command -v nvcc)")")
 rm -rf /tmp/pycuda-build && mkdir -p /tmp/pycuda-build
-tar xzf "$ROOT"/.gpucarry/pycuda-*.tar.gz -C /tmp/pycuda-build || exit 1
-cd /tmp/pycuda-build/pycuda-* || exit 1
+tar xzf "$ROOT"/.gpucarry/pycuda-*.tar.gz -C /tmp/pycuda-build || return 1
+cd /tmp/pycuda-build/pycuda-* || return 1
 # libcuda.so: the driver's own where it is mounted, else the toolkit's link stub
 $PY configure.py --cuda-root="$CUDA_ROOT" \
   --cudadrv-lib-dir="/usr/local/nvidia/lib64,/usr/lib/x86_64-linux-gnu,$CUDA_ROOT/lib64,$CUDA_ROOT/lib64/stubs" \
-  >/dev/null || exit 1
+  >/dev/null || return 1
 $PY "$ROOT/tests/gpu/build_pycuda.py" build_ext --inplace -j "$(nproc)" > "$OUT/pycuda-build.log" 2>&1 \
-  || { tail -40 "$OUT/pycuda-build.log"; exit 1; }
+  || { tail -40 "$OUT/pycuda-build.log"; return 1; }
 export PYTHONPATH=$PWD:$SITE
-cd "$ROOT" || exit 1
+cd "$ROOT" || return 1
 echo "pycuda built in $(( $(date +%s) - started )) s"
-$PY -c "import pycuda, pycuda.driver as d; d.init(); print('pycuda', pycuda.VERSION_TEXT, 'driver API', d.get_driver_version(), d.Device(0).name())" || exit 1
+$PY -c "import pycuda, pycuda.driver as d; d.init(); print('pycuda', pycuda.VERSION_TEXT, 'driver API', d.get_driver_version(), d.Device(0).name())" || return 1
 
 echo "== pytest -m gpu tests/gpu"
 # --noconftest: tests/conftest.py starts a Redis and the API stack for the other suites; the gpu
@@ -56,4 +56,8 @@ DETSERVE_GPU_REPORT=$OUT/gpu-report.json PYTHONUNBUFFERED=1 \
 status=$?
 echo "== pytest exit $status"
 cat "$OUT/gpu-report.json" 2>/dev/null
-exit $status
+return $status
+}
+
+main 2>&1 | tee "$OUT/device.log"
+exit "${PIPESTATUS[0]}"

@@ -77,6 +77,9 @@ def planned_precision(onnx_bytes: bytes, wanted: str, builder: Any) -> str:
     """The precision the build will give: 10 honours "fp16" where the GPU has fast fp16; 11 and an
     fp16 graph give the graph's own."""
     graph = graph_precision(onnx_bytes)
+    if MAJOR >= 11 and wanted == "fp16" and graph == "fp32":
+        log.warning("TensorRT %s builds the ONNX graph's own precision: this fp32 export gives an "
+                    "fp32 engine (export the model in fp16 for an fp16 one)", trt.__version__)
     if MAJOR >= 11 or graph == "fp16":
         return graph
     return "fp16" if wanted == "fp16" and builder.platform_has_fast_fp16 else "fp32"
