@@ -19,10 +19,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from detserve.config import Settings
-from detserve_launcher.supervisor import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"
+
+
+def free_port() -> int:
+    """The launcher's own, imported when called: the launcher pulls in Celery and SQLAlchemy,
+    which the gpu tests (run where only CUDA and the model stack are installed) never need."""
+    from detserve_launcher.supervisor import free_port as launcher_free_port
+
+    return launcher_free_port()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
@@ -198,9 +205,10 @@ def redis_alive(url: str) -> bool:
         return False
 
 
-def dynamic_batch_model(nc: int = 3, anchors: int = 4) -> bytes:
+def dynamic_batch_model(nc: int = 3, anchors: int = 4, batch: int | str = "N") -> bytes:
     """A yolo-v8-layout model with a dynamic batch: [N,3,64,64] -> [N, 4+nc, anchors]; each
-    image's class scores are its mean colour per 32x32 quadrant, so outputs differ per image."""
+    image's class scores are its mean colour per 32x32 quadrant, so outputs differ per image.
+    An integer `batch` fixes it (1: the static batch of a default Ultralytics export)."""
     boxes = np.zeros((1, 4, anchors), dtype=np.float32)
     for i in range(anchors):
         boxes[0, :, i] = [16 + 32 * (i % 2), 16 + 32 * (i // 2), 30, 30]
@@ -213,8 +221,8 @@ def dynamic_batch_model(nc: int = 3, anchors: int = 4) -> bytes:
         helper.make_node("Concat", ["batched_boxes", "scores"], ["output0"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "dynamic", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 4 + nc, anchors])],
+        nodes, "dynamic", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + nc, anchors])],
         initializer=[numpy_helper.from_array(np.asarray([0, nc, anchors], dtype=np.int64), "shape"),
                      numpy_helper.from_array(np.asarray([1, 2], dtype=np.int64), "axes"),
                      numpy_helper.from_array(np.zeros((), np.float32), "zero"),

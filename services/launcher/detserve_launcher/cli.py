@@ -45,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
+    if getattr(args, "concurrency", None):  # what sizes the worker's per-thread TensorRT contexts
+        os.environ["DETSERVE_WORKER_CONCURRENCY"] = str(args.concurrency)
     settings = Settings.from_env()
     if args.command == "up":
         from detserve_launcher.supervisor import run_up

@@ -22,6 +22,7 @@ from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.lane.consumer import LaneConsumer
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
+from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
@@ -54,7 +55,11 @@ class ModelHost:
 
     def load(self, version: ModelVersion) -> Detector:
         """Fetch and verify the artifact, build the backend, warm it up, cache it."""
+        report = progress.current()
+        report.enter("fetching", bytes_total=version.size_bytes)
         data = self.rt.artifacts.get(version.sha256)
+        report.advance(1.0, bytes_done=len(data))
+        report.enter("loading")
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
                  version.sha256[:12], self.backend_cls.__name__)
@@ -62,6 +67,7 @@ class ModelHost:
             data, spec, threads=self.settings.ort_threads, settings=self.settings,
             artifacts=self.rt.artifacts, sha256=version.sha256)
         detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
+        report.enter("warming_up")
         detector.warm_up()
         max_batch = int(getattr(backend, "max_batch", 1))
         if max_batch > 1:
@@ -158,7 +164,8 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     def deploy(service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        complete_deploy(host.rt, service_id, host.load)
+        with progress.deploying(state.redis, service_id, host.load) as load:
+            complete_deploy(host.rt, service_id, load)
 
     @app.task(name=names.PREDICT)
     def predict(version_id: int, image_key: str) -> dict[str, Any]:

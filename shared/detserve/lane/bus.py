@@ -11,6 +11,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from detserve import tasknames as names
+from detserve.service import progress
 
 UNLOAD_CHANNEL = "detserve:unload"
 
@@ -27,8 +28,13 @@ class CeleryBus:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._redis: redis.Redis | None = None
 
     def deploy(self, service_id: str, flavor: str) -> None:
+        # the deploy's progress starts before it is sent, so a fast worker's steps come after it
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.app.conf.broker_url)
+        progress.DeployProgress(self._redis, service_id).queued()
         self.app.send_task(names.DEPLOY, args=[service_id], queue=flavor)
 
     def countdown(self, service_id: str, token: str, eta: datetime) -> None:
