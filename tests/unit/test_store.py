@@ -152,3 +152,41 @@ def test_the_hot_read_sees_every_committed_change_at_once(store):
     assert store.first(HOT_QUERY, {"id": "nope"}) is None
     # values written into a one-off statement count as much as bound parameters
     assert store.first(select(Service.status).where(Service.id == sid)).status == status.RUNNING
+
+
+def test_a_change_committed_between_the_read_and_the_update_wins(store):
+    # given a Running service, and a second writer that moves it Running -> Stopping after this
+    # transition read "Running" and before it writes. On PostgreSQL that writer is another
+    # session that commits (READ COMMITTED lets it); on SQLite BEGIN IMMEDIATE keeps a second
+    # session out, so the write is made on the transition's own connection right after its read
+    from sqlalchemy import event, update
+
+    sid = add_service(store, status.RUNNING)
+    sqlite = store.engine.dialect.name == "sqlite"
+    done = []
+
+    def other_writer(conn, cursor, statement, params, context, executemany):
+        if done or not statement.lstrip().upper().startswith("SELECT") or "services.status" not in statement:
+            return
+        done.append(True)
+        if sqlite:
+            other = cursor.connection.cursor()  # the SELECT's own cursor still holds its row
+            other.execute("UPDATE services SET status = ? WHERE id = ?", (status.STOPPING, sid))
+            other.close()
+        else:
+            with store.engine.connect() as session_b, session_b.begin():
+                session_b.execute(update(Service).where(Service.id == sid).values(status=status.STOPPING))
+
+    event.listen(store.engine, "after_cursor_execute", other_writer)
+    try:
+        # when this transition, which read Running, tries to move it to Failed
+        with pytest.raises(StaleTransition):
+            status.transition(store, sid, status.RUNNING, status.FAILED, reason="late")
+    finally:
+        event.remove(store.engine, "after_cursor_execute", other_writer)
+    # then it loses and writes nothing: the other writer's change stands (on SQLite it shared the
+    # loser's transaction, so it rolled back with it)
+    assert done == [True]
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).status == (status.RUNNING if sqlite else status.STOPPING)
+        assert session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all() == []
