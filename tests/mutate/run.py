@@ -139,7 +139,8 @@ def main() -> int:
                 with lock:
                     results[module] = report
                     killed, total, _ = summarise(module, report)
-                    print(f"{module}: {killed}/{total} killed in {time.monotonic() - began:.0f} s", flush=True)
+                    took = time.monotonic() - began
+                    print(f"{module}: {killed}/{total} killed in {took:.0f} s", flush=True)
 
     WORK.mkdir()
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(args.lanes)]
