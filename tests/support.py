@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,6 +98,20 @@ def start_component(settings: Settings, name: str, *args: str) -> Proc:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return Proc(name, detserve_cmd(*args), child_env(settings), logs / f"{name}.log").start()
+
+
+@contextmanager
+def heartbeat(settings: Settings, flavor: str, worker: str, now: float | None = None) -> Iterator[None]:
+    """A worker's heartbeat that is gone again when the block ends, whatever happens in it (a
+    beat left behind would make the flavor look available to every later test)."""
+    from detserve.monitoring import heartbeats
+
+    client = redis.Redis.from_url(settings.redis_url)
+    heartbeats.beat(client, flavor, worker, now=now)
+    try:
+        yield
+    finally:
+        heartbeats.forget(client, flavor, worker)
 
 
 def wait_heartbeat(settings: Settings, role: str, proc: Proc, timeout: float = 60.0) -> None:

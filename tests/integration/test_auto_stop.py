@@ -11,7 +11,7 @@ from api_helpers import AUTH, deploy, get_service, predict, upload, wait_status
 from conftest import Stack, make_settings
 from detserve import tasknames as names
 from detserve.service.demo import build_blob_detector
-from support import blobs_image, wait_for
+from support import blobs_image, heartbeat, wait_for
 
 HOUR = 2.0
 SWEEP = 1.0
@@ -170,21 +170,15 @@ def test_scheduler_queue_is_separate(fast):
 
 def test_a_lost_deploy_ends_failed_not_stuck(tmp_path_factory, redis_base):
     # given a stack whose deploys time out after 2 s, and a gpu service no gpu worker will take
-    import redis as redis_lib
-
-    from detserve.monitoring import heartbeats
-
     settings = make_settings(tmp_path_factory.mktemp("stuck"), redis_base, deploy_timeout=2.0,
                              sweep_seconds=SWEEP)
     stack = Stack(settings)
     try:
         client = stack.app.test_client()
         upload(client, "stuck", build_blob_detector().SerializeToString())
-        r = redis_lib.Redis.from_url(settings.redis_url)
-        heartbeats.beat(r, "gpu", "gpu@vanished")
-        created = client.post("/v1/services", json={"model": "stuck", "version": 1, "flavor": "gpu"},
-                              headers=AUTH)
-        heartbeats.forget(r, "gpu", "gpu@vanished")
+        with heartbeat(settings, "gpu", "gpu@vanished"):
+            created = client.post("/v1/services", json={"model": "stuck", "version": 1, "flavor": "gpu"},
+                                  headers=AUTH)
         # then the sweep fails it with a reason the user can act on
         failed = wait_status(client, created.json["id"], "Failed", timeout=2.0 + SWEEP + 10)
         assert "start it again" in failed["error"]

@@ -14,7 +14,7 @@ from conftest import as_config
 from detserve.lane import replies, synclane
 from detserve.service.demo import build_blob_detector
 from detserve_api.auth import HOT_QUERY
-from support import blobs_image, image_bytes, wait_for
+from support import blobs_image, heartbeat, image_bytes, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -140,24 +140,27 @@ def test_monitoring_counts_requests(client, service):
 def test_no_worker_answer_is_504(stack, client):
     import redis
 
-    from detserve.monitoring import heartbeats
     from detserve.service import status
     from detserve_api import create_app
     from support import image_bytes as img
 
     # given a Running gpu service whose worker has gone (a heartbeat once made gpu available)
     r = redis.Redis.from_url(stack.settings.redis_url)
-    heartbeats.beat(r, "gpu", "gpu@gone")
-    version = client.post("/v1/models/timeout/versions", headers=AUTH, content_type="multipart/form-data",
-                          data={"model": (io.BytesIO(build_blob_detector().SerializeToString()), "m.onnx")})
-    created = client.post("/v1/services", headers=AUTH, json={"model": "timeout", "flavor": "gpu",
-                                                              "version": version.json["version"]})
-    heartbeats.forget(r, "gpu", "gpu@gone")
+    with heartbeat(stack.settings, "gpu", "gpu@gone"):
+        model = (io.BytesIO(build_blob_detector().SerializeToString()), "m.onnx")
+        version = client.post("/v1/models/timeout/versions", headers=AUTH,
+                              content_type="multipart/form-data", data={"model": model})
+        created = client.post("/v1/services", headers=AUTH, json={"model": "timeout", "flavor": "gpu",
+                                                                  "version": version.json["version"]})
     status.transition(stack.store, created.json["id"], status.DEPLOYING, status.RUNNING, reason="test")
     quick = create_app({**as_config(stack.settings), "predict_timeout": 0.5}, store=stack.store)
-    # when a prediction is sent, then the caller gets 504 within the timeout
+    # when a prediction is sent, then the caller gets 504 once the timeout has passed, not long
+    # after it (the bound is generous: a loaded machine delays threads by seconds, never by 20)
+    started = time.monotonic()
     resp = predict(quick.test_client(), created.json["id"], img())
+    waited = time.monotonic() - started
     assert resp.status_code == 504 and resp.json["error"]["code"] == "prediction_timeout"
+    assert 0.5 <= waited < 0.5 + 10.0, waited
     client.post(f"/v1/services/{created.json['id']}/stop", headers=AUTH)
     # and the unconsumed frame does not wait forever for a gpu worker that never comes
     lane = synclane.KEY.format(flavor="gpu")
