@@ -206,6 +206,22 @@ def blobs_image(blobs: list[tuple[str, int, int, int, int]], width: int = 320, h
     return buf.getvalue()
 
 
+def stored_for_exif(display: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for what a person sees, per the EXIF (TIFF 6.0) definition of
+    each orientation: where the stored row 0 and column 0 lie in the displayed picture. Written
+    with numpy, independently of PIL's transpose table."""
+    return {
+        1: lambda d: d,                        # row 0 top, column 0 left
+        2: lambda d: d[:, ::-1],               # row 0 top, column 0 right
+        3: lambda d: d[::-1, ::-1],            # row 0 bottom, column 0 right
+        4: lambda d: d[::-1, :],               # row 0 bottom, column 0 left
+        5: lambda d: d.transpose(1, 0, 2),     # row 0 left, column 0 top
+        6: lambda d: np.rot90(d, 1),           # row 0 right, column 0 top
+        7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),  # row 0 right, column 0 bottom
+        8: lambda d: np.rot90(d, -1),          # row 0 left, column 0 bottom
+    }[orientation](display)
+
+
 def redis_alive(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())

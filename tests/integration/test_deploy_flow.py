@@ -68,3 +68,23 @@ def test_model_that_cannot_load_fails_with_its_error(client):
     assert "NoSuchDetector" in failed["error"]
     events = client.get(f"/v1/services/{created.json['id']}/events", headers=AUTH).json["events"]
     assert events[-1]["reason"] == "deploy_failed"
+
+
+def test_delete_stops_and_removes_a_service(client):
+    # given a Running service
+    svc = running_service(client, "deleted", build_blob_detector().SerializeToString())
+    sid = svc["id"]
+    image = blobs_image([("red", 10, 10, 60, 60)])
+    assert predict(client, sid, image).status_code == 200
+    # when it is deleted
+    resp = client.delete(f"/v1/services/{sid}", headers=AUTH)
+    assert resp.status_code == 204
+    # then it is gone everywhere: get, events, the list, predictions (its key opens nothing)
+    assert client.get(f"/v1/services/{sid}", headers=AUTH).status_code == 404
+    assert client.get(f"/v1/services/{sid}/events", headers=AUTH).status_code == 404
+    assert sid not in {s["id"] for s in client.get("/v1/services", headers=AUTH).json["services"]}
+    assert predict(client, sid, image).status_code == 404
+    assert predict(client, sid, image, headers={"X-Service-Key": svc["key"]}).status_code == 401
+    # a second delete finds nothing, and the version it used can now be deleted
+    assert client.delete(f"/v1/services/{sid}", headers=AUTH).status_code == 404
+    assert client.delete("/v1/models/deleted/versions/1", headers=AUTH).status_code == 204

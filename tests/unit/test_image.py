@@ -10,32 +10,16 @@ from PIL import Image
 
 from detserve.errors import ImageTooLarge, InvalidImage
 from detserve.processing.image import decode, header_size, inspect, sniff
-from support import image_bytes
+from support import image_bytes, stored_for_exif
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
-
-
-def _stored_from_display(display: np.ndarray, orientation: int) -> np.ndarray:
-    """The pixels a camera stores for what a person sees, per the EXIF (TIFF 6.0) definition of
-    each orientation: where the stored row 0 and column 0 lie in the displayed picture. Written
-    with numpy, independently of PIL's transpose table."""
-    return {
-        1: lambda d: d,                        # row 0 top, column 0 left
-        2: lambda d: d[:, ::-1],               # row 0 top, column 0 right
-        3: lambda d: d[::-1, ::-1],            # row 0 bottom, column 0 right
-        4: lambda d: d[::-1, :],               # row 0 bottom, column 0 left
-        5: lambda d: d.transpose(1, 0, 2),     # row 0 left, column 0 top
-        6: lambda d: np.rot90(d, 1),           # row 0 right, column 0 top
-        7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),  # row 0 right, column 0 bottom
-        8: lambda d: np.rot90(d, -1),          # row 0 left, column 0 bottom
-    }[orientation](display)
 
 
 def display_and_stored(orientation: int) -> tuple[np.ndarray, bytes]:
     """A display image with a red square top-left, stored turned with that EXIF orientation."""
     display = np.full((120, 200, 3), 60, dtype=np.uint8)
     display[10:40, 20:60] = (240, 10, 10)
-    stored = Image.fromarray(np.ascontiguousarray(_stored_from_display(display, orientation)))
+    stored = Image.fromarray(np.ascontiguousarray(stored_for_exif(display, orientation)))
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
