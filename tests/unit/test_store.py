@@ -190,3 +190,21 @@ def test_a_change_committed_between_the_read_and_the_update_wins(store):
     with store.session(readonly=True) as session:
         assert session.get(Service, sid).status == (status.RUNNING if sqlite else status.STOPPING)
         assert session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all() == []
+
+
+def test_a_short_run_accrues_its_own_time_and_a_stop_before_the_start_none(store):
+    # a service that runs a moment is billed that moment, not a rounded-up second
+    sid = add_service(store)
+    status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="deployed")
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="user")
+    with store.session(readonly=True) as session:
+        assert 0.0 <= session.get(Service, sid).running_seconds < 0.5
+    # an auto stop whose time lies before the run began (re-armed, then redeployed) adds nothing
+    status.transition(store, sid, status.STOPPING, status.STOPPED, reason="user")
+    status.transition(store, sid, status.STOPPED, status.RUNNING, reason="deployed")
+    with store.session(readonly=True) as session:
+        before = session.get(Service, sid).running_seconds
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="auto_stop",
+                      billing_until=utcnow() - timedelta(seconds=30))
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).running_seconds == before
