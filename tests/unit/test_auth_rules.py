@@ -75,3 +75,66 @@ def test_the_admin_reaches_any_service_and_a_missing_one_is_404(store):
     # a valid key on a service that does not exist: 404, not 403
     with pytest.raises(NotFound):
         service_access(store, "nope", False, "key-a")
+
+
+# ---- the same rules on every route of the API (an app with no worker behind it) ----------------
+
+@pytest.fixture()
+def api(tmp_path, redis_base, store):
+    from conftest import as_config, make_settings
+    from detserve_api import create_app
+
+    settings = make_settings(tmp_path, redis_base, admin_token=ADMIN)
+    app = create_app(as_config(settings), store=store)
+    return app, app.test_client()
+
+
+def stopped(store: Store, key: str) -> str:
+    sid = add_service(store, key)
+    with store.session() as session:
+        session.get(Service, sid).status = "Stopped"
+    return sid
+
+
+def png() -> bytes:
+    from support import image_bytes
+
+    return image_bytes(16, 16)
+
+
+def test_routes_need_the_admin_token_or_the_services_key(api, store):
+    from api_helpers import predict
+
+    app, client = api
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    a, b = stopped(store, "key-a"), stopped(store, "key-b")
+    # public routes need nothing; a CORS preflight is never refused
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
+    assert client.options("/v1/services").status_code != 401
+    # management: the admin token only
+    assert client.get("/v1/services").status_code == 401
+    assert client.get("/v1/services", headers={"X-Service-Key": "key-a"}).status_code == 401
+    assert client.get("/v1/services", headers=admin).status_code == 200
+    # predictions: the service's own key or the admin token get past auth (to 409: not running)
+    assert predict(client, a, png(), headers={}).status_code == 401
+    assert predict(client, a, png(), headers={"X-Service-Key": "key-a"}).status_code == 409
+    assert predict(client, a, png(), headers=admin).status_code == 409
+    assert predict(client, a, png(), headers={"X-Service-Key": "key-b"}).status_code == 403
+    assert predict(client, "nope", png(), headers=admin).status_code == 404
+    assert predict(client, b, png(), headers={"X-Service-Key": "unknown"}).status_code == 401
+
+
+def test_a_task_is_checked_against_the_service_it_belongs_to(api, store):
+    from detserve_api.auth import TASK_KEY
+
+    app, client = api
+    a = stopped(store, "key-a")
+    stopped(store, "key-b")
+    app.extensions["detserve"]["redis"].set(TASK_KEY.format(task_id="t-1"), a, ex=60)
+    assert client.get("/v1/predictions/t-1", headers={"X-Service-Key": "key-a"}).status_code == 200
+    assert client.get("/v1/predictions/t-1", headers={"X-Service-Key": "key-b"}).status_code == 403
+    assert client.get("/v1/predictions/t-1").status_code == 401
+    gone = client.get("/v1/predictions/t-2", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert gone.status_code == 404 and "unknown or expired" in gone.json["error"]["message"]
+    assert client.get("/v1/predictions/t-2", headers={"X-Service-Key": "key-b"}).status_code == 404

@@ -272,3 +272,56 @@ def test_rotate_key_and_delete(rt):
         assert session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == svc.id)).all() == []
     with pytest.raises(NotFound):
         deployments.rotate_key(rt, svc.id)
+
+
+def test_a_new_service_has_one_node_and_a_long_key(rt):
+    version = register_version(rt, "k", build_blob_detector().SerializeToString(), None,
+                               status.SUCCESSFUL, max_bytes=1 << 30)
+    service, key = deployments.create_service(rt, version, "cpu", None, {"enabled": True, "hours": 1})
+    assert service.compute_nodes == 1 and service.name == "k-v1"
+    assert len(key) >= 32 and service.key_hash == deployments.hash_key(key)  # 24 random bytes
+    assert len(deployments.rotate_key(rt, service.id)) >= 32
+
+
+def test_a_deploy_delivered_again_to_a_running_service_loads_nothing(rt):
+    # tasks are acknowledged late: a worker that dies after finishing gets the deploy again
+    svc = running(rt)
+    rt.bus.take()
+    loaded = []
+    assert deployments.complete_deploy(rt, svc.id, loaded.append) == status.RUNNING
+    assert loaded == [] and rt.bus.take() == []
+    assert deployments.complete_deploy(rt, "no-such-service", loaded.append) == "missing"
+    assert loaded == []
+
+
+def test_a_stop_during_a_load_that_fails_leaves_it_stopped(rt):
+    sid = new_service(rt)
+
+    def stopped_then_broken(_version):
+        assert deployments.stop(rt, sid)
+        raise RuntimeError("no such operator")
+
+    deployments.complete_deploy(rt, sid, stopped_then_broken)  # no StaleTransition escapes
+    svc = deployments.get_service(rt, sid)
+    assert svc.status == status.STOPPED and svc.error is None
+
+
+def test_a_stuck_deploy_that_finishes_while_the_sweep_looks_is_left_running(rt):
+    from sqlalchemy import event
+
+    sid = new_service(rt)
+    with rt.store.session() as session:
+        session.get(Service, sid).updated_at = utcnow() - timedelta(seconds=100)
+    finished = []
+
+    def deploy_finishes(conn, cursor, statement, *args):
+        if not finished and statement.lstrip().upper().startswith("SELECT") and "services.id" in statement:
+            finished.append(True)  # after the sweep read it as stuck, before it fails it
+            status.transition(rt.store, sid, status.DEPLOYING, status.RUNNING, reason="deployed")
+
+    event.listen(rt.store.engine, "after_cursor_execute", deploy_finishes)
+    try:
+        assert deployments.fail_stuck_deploys(rt, 50.0) == []
+    finally:
+        event.remove(rt.store.engine, "after_cursor_execute", deploy_finishes)
+    assert finished == [True] and deployments.get_service(rt, sid).status == status.RUNNING
