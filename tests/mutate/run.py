@@ -30,7 +30,7 @@ TARGETS: dict[str, str] = {
     "shared/detserve/service/status.py": "tests/unit/test_store.py tests/unit/test_deployments.py",
     "shared/detserve/service/deployments.py": "tests/unit/test_deployments.py",
     "services/api/detserve_api/auth.py": "tests/unit/test_auth_rules.py",
-    "shared/detserve/service/artifacts.py": "tests/unit/test_artifacts.py",
+    "shared/detserve/service/artifacts.py": "tests/unit/test_artifact_store.py",
     "shared/detserve/service/packages.py": "tests/unit/test_packages.py",
     "shared/detserve/processing/headers.py": "tests/unit/test_headers.py",
     "shared/detserve/processing/preprocess.py":
