@@ -4,7 +4,10 @@ Each module is mutated against the fast tests that cover it (its own test comman
 the checkout (cosmic-ray edits files in place), on two lanes in parallel. A summary per module,
 the overall kill rate and every survivor go to stdout and to .mutate/report.txt.
 
-    python tests/mutate/run.py [--lanes 2] [--only PATH ...]
+    python tests/mutate/run.py [--lanes 2] [--only PATH ...] [--recheck]
+
+--recheck runs only the survivors of the last run again, against the checkout's tests as they are
+now (after adding tests that should kill them), and reports as before.
 
 Not run by CI: it takes about half an hour on a 2-core machine.
 """
@@ -86,6 +89,25 @@ def tool(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def session_of(module: str) -> str:
+    return module.replace("/", "_").removesuffix(".py") + ".sqlite"
+
+
+def recheck_module(lane: Path, module: str, log) -> str:
+    """Forget the survivors' results, bring in the checkout's current tests, run them again."""
+    import sqlite3
+
+    shutil.rmtree(lane / "tests")
+    shutil.copytree(ROOT / "tests", lane / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    db = lane / session_of(module)
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    subprocess.run([tool("cosmic-ray"), "exec", db.with_suffix(".toml").name, db.name], cwd=lane,
+                   check=True, stdout=log, stderr=log)
+    return subprocess.run([tool("cr-report"), "--show-pending", db.name], cwd=lane, check=True,
+                          capture_output=True, text=True).stdout
+
+
 def run_module(lane: Path, module: str, log) -> str:
     name = module.replace("/", "_").removesuffix(".py")
     cfg, db = lane / f"{name}.toml", lane / f"{name}.sqlite"
@@ -114,12 +136,17 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lanes", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--recheck", action="store_true")
     args = parser.parse_args()
     # pytest's start-up is most of a mutant's cost: no plugins it does not need (schemathesis and
     # hypothesis's own load two seconds of imports), and fewer property examples
     os.environ.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", DETSERVE_PROPERTY_EXAMPLES="30")
     modules = args.only or list(TARGETS)
-    shutil.rmtree(WORK, ignore_errors=True)
+    lanes_of = {m: p.parent for p in WORK.glob("lane*/*.sqlite") for m in TARGETS if p.name == session_of(m)}
+    if args.recheck:  # one at a time: each recheck refreshes the tests of a lane in place
+        modules, args.lanes = [m for m in modules if m in lanes_of], 1
+    else:
+        shutil.rmtree(WORK, ignore_errors=True)
     queue = list(modules)
     results: dict[str, str] = {}
     lock = threading.Lock()
@@ -127,22 +154,26 @@ def main() -> int:
 
     def lane(index: int) -> None:
         path = WORK / f"lane{index}"
-        copy_checkout(path)
-        with open(WORK / f"lane{index}.log", "w") as log:
+        if not args.recheck:
+            copy_checkout(path)
+        with open(WORK / f"lane{index}.log", "a") as log:
             while True:
                 with lock:
                     if not queue:
                         return
                     module = queue.pop(0)
                 began = time.monotonic()
-                report = run_module(path, module, log)
+                if args.recheck:
+                    report = recheck_module(lanes_of[module], module, log)
+                else:
+                    report = run_module(path, module, log)
                 with lock:
                     results[module] = report
                     killed, total, _ = summarise(module, report)
                     took = time.monotonic() - began
                     print(f"{module}: {killed}/{total} killed in {took:.0f} s", flush=True)
 
-    WORK.mkdir()
+    WORK.mkdir(exist_ok=True)
     threads = [threading.Thread(target=lane, args=(i,)) for i in range(args.lanes)]
     for t in threads:
         t.start()
