@@ -107,3 +107,15 @@ def test_derived_artifacts(tmp_path):
     for kind, key in [("engines", "../x"), ("../e", "k"), ("engines", "a/b"), ("", "k")]:
         with pytest.raises(ValueError):
             store.derived_path(kind, key)
+
+
+def test_a_fresh_data_dir_and_blobs_sharing_a_folder(tmp_path):
+    # the store's root need not exist yet; two blobs whose hashes share their first two hex digits
+    # share a folder, and derived artifacts of one kind share theirs
+    store = ArtifactStore(tmp_path / "fresh" / "artifacts")
+    first = store.put(b"blob 0")
+    twin = next(d for d in (f"blob {i}".encode() for i in range(1, 5000)) if sha256_of(d)[:2] == first[:2])
+    assert store.get(store.put(twin)) == twin and store.get(first) == b"blob 0"
+    store.put_derived("engines", "one", b"1")
+    store.put_derived("engines", "two", b"2")
+    assert (store.get_derived("engines", "one"), store.get_derived("engines", "two")) == (b"1", b"2")
