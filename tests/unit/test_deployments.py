@@ -239,9 +239,10 @@ def test_fail_stuck_deploys_fails_only_old_deploys(rt):
 
 def test_recover_redeploys_what_should_be_up_and_keeps_its_arming(rt):
     up, deploying, stopping, due = running(rt), new_service(rt), running(rt), running(rt)
-    stopped = running(rt)
+    stopped, stopping_too = running(rt), running(rt)
     deployments.stop(rt, stopped.id)
-    status.transition(rt.store, stopping.id, status.RUNNING, status.STOPPING, reason="test")
+    for svc in (stopping, stopping_too):
+        status.transition(rt.store, svc.id, status.RUNNING, status.STOPPING, reason="test")
     past_due(rt, due.id)
     rt.bus.take()
     assert sorted(deployments.recover(rt)) == sorted([up.id, deploying])
@@ -249,6 +250,7 @@ def test_recover_redeploys_what_should_be_up_and_keeps_its_arming(rt):
     assert sorted(m for m in sent if m[0] == "deploy") == sorted([("deploy", up.id, "cpu"),
                                                                   ("deploy", deploying, "cpu")])
     assert deployments.get_service(rt, stopping.id).status == status.STOPPED
+    assert deployments.get_service(rt, stopping_too.id).status == status.STOPPED
     assert deployments.get_service(rt, due.id).status == status.STOPPED  # came due while down
     assert deployments.get_service(rt, stopped.id).status == status.STOPPED
     # the redeployed service keeps the arming it had, and its countdown is sent again
@@ -278,7 +280,7 @@ def test_a_new_service_has_one_node_and_a_long_key(rt):
     version = register_version(rt, "k", build_blob_detector().SerializeToString(), None,
                                status.SUCCESSFUL, max_bytes=1 << 30)
     service, key = deployments.create_service(rt, version, "cpu", None, {"enabled": True, "hours": 1})
-    assert service.compute_nodes == 1 and service.name == "k-v1"
+    assert service.compute_nodes == 1 and service.name == "k-v1" and service.running_seconds == 0.0
     assert len(key) >= 32 and service.key_hash == deployments.hash_key(key)  # 24 random bytes
     assert len(deployments.rotate_key(rt, service.id)) >= 32
 
@@ -325,3 +327,61 @@ def test_a_stuck_deploy_that_finishes_while_the_sweep_looks_is_left_running(rt):
     finally:
         event.remove(rt.store.engine, "after_cursor_execute", deploy_finishes)
     assert finished == [True] and deployments.get_service(rt, sid).status == status.RUNNING
+
+
+def test_an_hour_is_3600_seconds_unless_shrunk():
+    assert deployments.Runtime(None, None, None).hour_seconds == 3600.0  # type: ignore[arg-type]
+
+
+def test_arm_arms_only_a_running_service(rt):
+    svc = running(rt, enabled=True)
+    deployments.stop(rt, svc.id)
+    rt.bus.take()
+    deployments.arm(rt, svc.id)  # stopped meanwhile: nothing to arm
+    after = deployments.get_service(rt, svc.id)
+    assert (after.stop_at, after.stop_token) == (None, None) and rt.bus.take() == []
+
+
+def test_a_stop_that_loses_to_another_stop_says_so_and_sends_nothing(rt):
+    from sqlalchemy import event
+
+    svc = running(rt)
+    rt.bus.take()
+    done = []
+
+    def other_stop(conn, cursor, statement, *args):
+        if not done and statement.lstrip().upper().startswith("SELECT") and "services.stop_token" in statement:
+            done.append(True)  # after this stop read the service, before it moves it
+            status.transition(rt.store, svc.id, status.RUNNING, status.STOPPING, reason="other")
+
+    event.listen(rt.store.engine, "after_cursor_execute", other_stop)
+    try:
+        assert deployments.stop(rt, svc.id) is False
+    finally:
+        event.remove(rt.store.engine, "after_cursor_execute", other_stop)
+    assert done == [True] and rt.bus.take() == []
+    assert deployments.get_service(rt, svc.id).status == status.STOPPING  # the other stop's to finish
+
+
+def test_stuck_deploys_after_one_that_finished_are_still_failed(rt):
+    from sqlalchemy import event
+
+    first, second = new_service(rt), new_service(rt)
+    with rt.store.session() as session:
+        for sid in (first, second):
+            session.get(Service, sid).updated_at = utcnow() - timedelta(seconds=100)
+    finished = []
+
+    def one_finishes(conn, cursor, statement, *args):
+        if not finished and statement.lstrip().upper().startswith("SELECT") and "services.id" in statement:
+            rows = cursor.fetchall()  # the order the sweep will see them in
+            finished.append(rows[0][0])
+            status.transition(rt.store, rows[0][0], status.DEPLOYING, status.RUNNING, reason="deployed")
+            cursor.execute(statement, *args[:1])  # the sweep reads the same rows again
+
+    event.listen(rt.store.engine, "after_cursor_execute", one_finishes)
+    try:
+        failed = deployments.fail_stuck_deploys(rt, 50.0)
+    finally:
+        event.remove(rt.store.engine, "after_cursor_execute", one_finishes)
+    assert failed == [s for s in (first, second) if s != finished[0]]
