@@ -350,7 +350,8 @@ def test_a_stop_that_loses_to_another_stop_says_so_and_sends_nothing(rt):
     done = []
 
     def other_stop(conn, cursor, statement, *args):
-        if not done and statement.lstrip().upper().startswith("SELECT") and "services.stop_token" in statement:
+        reads = statement.lstrip().upper().startswith("SELECT") and "services.stop_token" in statement
+        if reads and not done:
             done.append(True)  # after this stop read the service, before it moves it
             status.transition(rt.store, svc.id, status.RUNNING, status.STOPPING, reason="other")
 
