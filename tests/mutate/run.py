@@ -7,7 +7,7 @@ the overall kill rate and every survivor go to stdout and to .mutate/report.txt.
     python tests/mutate/run.py [--lanes 2] [--only PATH ...] [--recheck]
 
 --recheck runs only the survivors of the last run again, against the checkout's tests as they are
-now (after adding tests that should kill them), and reports as before.
+now (after adding tests that should kill them), in a lane of its own; its report is .mutate/recheck.txt.
 
 Not run by CI: it takes about half an hour on a 2-core machine.
 """
@@ -94,12 +94,15 @@ def session_of(module: str) -> str:
 
 
 def recheck_module(lane: Path, module: str, log) -> str:
-    """Forget the survivors' results, bring in the checkout's current tests, run them again."""
+    """Copy a finished module's session to `lane` (a fresh copy of the checkout, with the tests as
+    they are now), forget its survivors' results, and run those again."""
     import sqlite3
 
-    shutil.rmtree(lane / "tests")
-    shutil.copytree(ROOT / "tests", lane / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-    db = lane / session_of(module)
+    name = session_of(module)
+    source = next(p for p in WORK.glob(f"lane[0-9]*/{name}"))
+    for suffix in (".sqlite", ".toml"):
+        shutil.copy2(source.with_suffix(suffix), lane / name.replace(".sqlite", suffix))
+    db = lane / name
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     subprocess.run([tool("cosmic-ray"), "exec", db.with_suffix(".toml").name, db.name], cwd=lane,
@@ -142,9 +145,9 @@ def main() -> int:
     # hypothesis's own load two seconds of imports), and fewer property examples
     os.environ.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", DETSERVE_PROPERTY_EXAMPLES="30")
     modules = args.only or list(TARGETS)
-    lanes_of = {m: p.parent for p in WORK.glob("lane*/*.sqlite") for m in TARGETS if p.name == session_of(m)}
-    if args.recheck:  # one at a time: each recheck refreshes the tests of a lane in place
-        modules, args.lanes = [m for m in modules if m in lanes_of], 1
+    finished = {m for p in WORK.glob("lane[0-9]*/*.sqlite") for m in TARGETS if p.name == session_of(m)}
+    if args.recheck:  # in a lane of its own, beside any run still going
+        modules, args.lanes = [m for m in modules if m in finished], 1
     else:
         shutil.rmtree(WORK, ignore_errors=True)
     queue = list(modules)
@@ -153,10 +156,10 @@ def main() -> int:
     started = time.monotonic()
 
     def lane(index: int) -> None:
-        path = WORK / f"lane{index}"
-        if not args.recheck:
-            copy_checkout(path)
-        with open(WORK / f"lane{index}.log", "a") as log:
+        path = WORK / ("recheck" if args.recheck else f"lane{index}")
+        shutil.rmtree(path, ignore_errors=True)
+        copy_checkout(path)
+        with open(path.with_suffix(".log"), "a") as log:
             while True:
                 with lock:
                     if not queue:
@@ -164,7 +167,7 @@ def main() -> int:
                     module = queue.pop(0)
                 began = time.monotonic()
                 if args.recheck:
-                    report = recheck_module(lanes_of[module], module, log)
+                    report = recheck_module(path, module, log)
                 else:
                     report = run_module(path, module, log)
                 with lock:
@@ -188,7 +191,7 @@ def main() -> int:
     rate = 100.0 * all_killed / all_total if all_total else 0.0
     lines.append(f"overall: {all_killed}/{all_total} mutants killed ({rate:.1f} %) in "
                  f"{(time.monotonic() - started) / 60:.1f} min")
-    (WORK / "report.txt").write_text("\n".join(lines) + "\n")
+    (WORK / ("recheck.txt" if args.recheck else "report.txt")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
