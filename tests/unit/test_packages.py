@@ -181,3 +181,76 @@ def test_mean_and_std_normalise_each_channel():
     assert found == {"c0": pytest.approx((230 / 255 - 0.5) / 0.25, abs=1e-4)}
     scaled = quadrant_scores({"input": {"scale": 1.0}, "output": {"score_threshold": 0.0}})
     assert scaled == {"c0": pytest.approx(230.0, abs=1e-3)}
+
+
+def symbolic_hw(model: bytes) -> bytes:
+    """The same model with a symbolic input height and width (as dynamic exports have)."""
+    proto = onnx.load_from_string(model)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    for d, name in ((dims[2], "H"), (dims[3], "W")):
+        d.ClearField("dim_value")
+        d.dim_param = name
+    return proto.SerializeToString()
+
+
+OUT = yolo_v8_output([(32.0, 32.0, 8.0, 8.0)], [0], [0.9], nc=3)
+
+
+def test_the_input_size_comes_from_config_metadata_or_the_model():
+    # no imgsz: the model's own fixed size
+    plain = read_package(constant_model(OUT, size=64, meta={"names": META["names"]}), None, max_bytes=LIMIT)
+    assert plain.input["size"] == [64, 64] and plain.labels == ["a", "b", "c"]
+    # symbolic height and width: imgsz when the metadata has it, else 640
+    dynamic = symbolic_hw(constant_model(OUT, size=64, meta={"names": META["names"], "imgsz": "96"}))
+    assert read_package(dynamic, None, max_bytes=LIMIT).input["size"] == [96, 96]
+    bare = symbolic_hw(constant_model(OUT, size=64, meta={"names": META["names"]}))
+    assert read_package(bare, None, max_bytes=LIMIT).input["size"] == [640, 640]
+    assert read_package(bare, '{"input": {"size": [48, 80]}}', max_bytes=LIMIT).input["size"] == [48, 80]
+
+
+def test_the_layout_is_read_from_where_the_three_channels_are():
+    nhwc = read_package(constant_model(OUT, size=64, meta=META, layout="NHWC"), None, max_bytes=LIMIT)
+    assert nhwc.input["layout"] == "NHWC" and nhwc.input["size"] == [64, 64]
+    nchw = read_package(constant_model(OUT, size=64, meta=META), None, max_bytes=LIMIT)
+    assert nchw.input["layout"] == "NCHW"
+    tiny = read_package(constant_model(OUT, size=3, meta={"names": META["names"]}), None, max_bytes=LIMIT)
+    assert tiny.input["layout"] == "NCHW"  # [1, 3, 3, 3]: channels first, as most exports are
+    found = local_detector(constant_model(OUT, size=64, meta=META, layout="NHWC"), threads=1).infer(
+        blobs_image([], 64, 64))
+    assert found.classes == ["a"]
+
+
+@pytest.mark.parametrize("names,labels", [
+    ("{0: 'cat', 1: 'dog', 2: 'eel'}", ["cat", "dog", "eel"]),  # as Ultralytics writes them
+    ('["cat", "dog", "eel"]', ["cat", "dog", "eel"]),
+    ('{"0": "cat", "1": "dog", "2": "eel"}', ["cat", "dog", "eel"]),
+    ("cat, dog, eel", ["0", "1", "2"]),  # unreadable: the classes are numbered
+    ("{0: 'cat', 1: 'dog'", ["0", "1", "2"]),  # cut short (was an uncaught JSONDecodeError: a 500)
+    ("{'a': 'cat'}", ["0", "1", "2"]),  # keys that are not class numbers
+    ("7", ["0", "1", "2"]),
+    ("", ["0", "1", "2"]),
+])
+def test_labels_from_the_metadata(names, labels):
+    meta = {"names": names, "imgsz": "[64, 64]"} if names else {"imgsz": "[64, 64]"}
+    assert read_package(constant_model(OUT, meta=meta), None, max_bytes=LIMIT).labels == labels
+
+
+def test_config_errors_name_their_fields():
+    with pytest.raises(InvalidModel) as exc:
+        read_package(build_blob_detector().SerializeToString(),
+                     '{"labels": "red", "input": {"resize": "crop", "mean": [1]}}', max_bytes=LIMIT)
+    fields = exc.value.fields
+    assert set(fields) == {"labels", "input.resize", "input.mean"}
+    assert all(isinstance(m, list) and m and all(isinstance(x, str) for x in m) for m in fields.values())
+
+
+def test_a_model_onnx_checker_refuses_is_invalid():
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing_input"], ["output0"])], "bad",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InvalidModel, match="onnx.checker refused"):
+        read_package(model.SerializeToString(), None, max_bytes=LIMIT)
