@@ -37,7 +37,7 @@ TARGETS: dict[str, str] = {
     "shared/detserve/service/packages.py": "tests/unit/test_packages.py",
     "shared/detserve/processing/headers.py": "tests/unit/test_headers.py",
     "shared/detserve/processing/preprocess.py":
-        "tests/unit/test_packages.py tests/unit/test_box_geometry.py "
+        "tests/unit/test_preprocess.py tests/unit/test_packages.py tests/unit/test_box_geometry.py "
         f"{PROPS}::test_letterbox_then_the_inverse_mapping_gives_back_the_image",
     "shared/detserve/processing/postprocess.py":
         f"tests/unit/test_postprocess.py tests/unit/test_box_geometry.py tests/unit/test_packages.py {PROPS}",
