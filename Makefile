@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEV    := $(VENV)/.dev-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean mutate
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,4 +38,9 @@ bench: $(DEV)
 	$(PY) bench/run.py --reference
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mutate
+
+# Mutation testing (cosmic-ray) of the modules that decide answers and state, each against its fast
+# tests, on two lanes; not run by CI (about half an hour on a 2-core machine). Report: .mutate/report.txt
+mutate: $(DEV)
+	$(PY) tests/mutate/run.py

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,20 @@ def start_component(settings: Settings, name: str, *args: str) -> Proc:
     return Proc(name, detserve_cmd(*args), child_env(settings), logs / f"{name}.log").start()
 
 
+@contextmanager
+def heartbeat(settings: Settings, flavor: str, worker: str, now: float | None = None) -> Iterator[None]:
+    """A worker's heartbeat that is gone again when the block ends, whatever happens in it (a
+    beat left behind would make the flavor look available to every later test)."""
+    from detserve.monitoring import heartbeats
+
+    client = redis.Redis.from_url(settings.redis_url)
+    heartbeats.beat(client, flavor, worker, now=now)
+    try:
+        yield
+    finally:
+        heartbeats.forget(client, flavor, worker)
+
+
 def wait_heartbeat(settings: Settings, role: str, proc: Proc, timeout: float = 60.0) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     key = f"detserve:workers:{role}"
@@ -196,6 +211,22 @@ def blobs_image(blobs: list[tuple[str, int, int, int, int]], width: int = 320, h
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format=fmt)
     return buf.getvalue()
+
+
+def stored_for_exif(display: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for what a person sees, per the EXIF (TIFF 6.0) definition of
+    each orientation: where the stored row 0 and column 0 lie in the displayed picture. Written
+    with numpy, independently of PIL's transpose table."""
+    return {
+        1: lambda d: d,                        # row 0 top, column 0 left
+        2: lambda d: d[:, ::-1],               # row 0 top, column 0 right
+        3: lambda d: d[::-1, ::-1],            # row 0 bottom, column 0 right
+        4: lambda d: d[::-1, :],               # row 0 bottom, column 0 left
+        5: lambda d: d.transpose(1, 0, 2),     # row 0 left, column 0 top
+        6: lambda d: np.rot90(d, 1),           # row 0 right, column 0 top
+        7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),  # row 0 right, column 0 bottom
+        8: lambda d: np.rot90(d, -1),          # row 0 left, column 0 bottom
+    }[orientation](display)
 
 
 def redis_alive(url: str) -> bool:

@@ -22,6 +22,7 @@ from support import (
     child_env,
     detserve_cmd,
     dynamic_batch_model,
+    heartbeat,
     image_bytes,
     wait_for,
     wait_heartbeat,
@@ -44,15 +45,17 @@ def available(client):
 
 
 def test_flavor_availability_follows_heartbeats(client, settings):
-    r = redis.Redis.from_url(settings.redis_url)
+    # no gpu worker: a gpu worker of an earlier test has stopped beating within three periods
+    wait_for(lambda: not available(client)["gpu"], 10 * settings.heartbeat_seconds,
+             what="no gpu heartbeat")
     flavors = {f["id"]: f for f in client.get("/v1/flavors", headers=AUTH).json["flavors"]}
     assert flavors["cpu"]["available"] and not flavors["gpu"]["available"]
     assert flavors["cpu"]["price_per_hour"] == settings.prices["cpu"]
-    heartbeats.beat(r, "gpu", "gpu@test-host")
-    assert available(client)["gpu"]
-    heartbeats.beat(r, "gpu", "gpu@test-host", now=time.time() - 10 * settings.heartbeat_seconds)
+    with heartbeat(settings, "gpu", "gpu@test-host"):
+        assert available(client)["gpu"]
+    with heartbeat(settings, "gpu", "gpu@test-host", now=time.time() - 10 * settings.heartbeat_seconds):
+        assert not available(client)["gpu"]
     assert not available(client)["gpu"]
-    heartbeats.forget(r, "gpu", "gpu@test-host")
 
 
 @pytest.fixture(params=[10], ids=lambda m: f"tensorrt{m}")
@@ -65,9 +68,13 @@ def fake_gpu_worker(settings, request):
     log = settings.data_dir / "logs" / "worker-gpu.log"
     proc = Proc("worker-gpu", detserve_cmd("worker", "--flavor", "gpu", "--concurrency", "8"), env, log)
     proc.start()
-    wait_heartbeat(settings, "gpu", proc)
-    yield proc
-    proc.stop()
+    try:
+        wait_heartbeat(settings, "gpu", proc)
+        yield proc
+    finally:
+        proc.stop()
+        # a worker killed before it said goodbye leaves its beat: later tests must see no gpu
+        redis.Redis.from_url(settings.redis_url).delete(heartbeats.KEY.format(flavor="gpu"))
 
 
 def test_deploy_and_concurrent_predictions_on_the_gpu_flavor(client, settings, fake_gpu_worker):
