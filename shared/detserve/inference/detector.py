@@ -62,10 +62,17 @@ class Detector:
 
     def prepare(self, data: bytes) -> Prepared:
         """Decode and pre-process one image into a batch-of-one tensor."""
-        decoded = image.decode(
+        return self.to_input(self.decode(data))
+
+    def decode(self, data: bytes) -> image.DecodedImage:
+        """The upload decoded upright, a large JPEG at no less than twice the model's size."""
+        return image.decode(
             data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
             target=max(self.size),
         )
+
+    def to_input(self, decoded: image.DecodedImage) -> Prepared:
+        """A decoded image resized and normalised into the model's batch-of-one tensor."""
         pixels, geometry = preprocess.resize(decoded.image, self.size, self.input["resize"])
         return Prepared(preprocess.to_tensor(pixels, self.input), geometry, decoded)
 
