@@ -101,10 +101,12 @@ def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int,
 def _yolo_v8(out: np.ndarray, threshold: float) -> Decoded:
     pred = out[0] if out.ndim == 3 else out  # (4+nc, N)
     cls_scores = pred[4:]
-    classes = cls_scores.argmax(axis=0)
-    scores = np.take_along_axis(cls_scores, classes[None], axis=0)[0]
-    keep = scores >= threshold
-    return _xywh_to_xyxy(pred[:4, keep].T), scores[keep], classes[keep]
+    # the best score per anchor reduces along whole rows (contiguous); the arg-max, which cannot,
+    # runs only over the few anchors past the threshold
+    scores = cls_scores.max(axis=0)
+    keep = np.flatnonzero(scores >= threshold)
+    classes = cls_scores[:, keep].argmax(axis=0)
+    return _xywh_to_xyxy(pred[:4, keep].T), scores[keep], classes
 
 
 def _yolo_v5(out: np.ndarray, threshold: float) -> Decoded:
@@ -148,18 +150,16 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     offset = classes.astype(np.float32)[:, None] * (float(np.abs(boxes).max()) + 1.0)
-    b = boxes + offset
-    areas = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    # one contiguous array per coordinate: each step gathers from four 1-D arrays
+    x1, y1, x2, y2 = (np.ascontiguousarray(c) for c in (boxes + offset).T)
+    areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        xx1 = np.maximum(b[i, 0], b[rest, 0])
-        yy1 = np.maximum(b[i, 1], b[rest, 1])
-        xx2 = np.minimum(b[i, 2], b[rest, 2])
-        yy2 = np.minimum(b[i, 3], b[rest, 3])
-        inter = (xx2 - xx1).clip(0) * (yy2 - yy1).clip(0)
+        inter = ((np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(0)
+                 * (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(0))
         overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
