@@ -313,10 +313,8 @@ def main() -> None:
                         help="also measure bench/plain_flask.py, the reference pipeline in Flask")
     args = parser.parse_args()
     allocator.tune()  # the ceiling runs with the workers' allocator settings
-    from yolov8n import bench_image
-
     CACHE.mkdir(exist_ok=True)
-    image = bench_image()
+    image = steps.bench_image()
     image_path = CACHE / "bench.jpg"
     image_path.write_bytes(image)
     models = steps.models(args.models.split(","))

@@ -42,17 +42,22 @@ TOLERANCE_PX = 1.0
 BORDERLINE = 0.005  # a score this close to the threshold may fall either side of it
 
 
+def photo(seed: int, w: int, h: int, fmt: str) -> bytes:
+    """A synthetic scene smoothed a little, as a phone's processing smooths sensor noise."""
+    img = scene(seed, w, h, max_objects=6).image.filter(ImageFilter.GaussianBlur(0.8))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def bench_image() -> bytes:
+    """The HTTP bench's image: a 1280x960 JPEG of about 290 KB, a phone photo's proportions."""
+    return photo(424242, 1280, 960, "JPEG")
+
+
 def bench_images() -> dict[str, bytes]:
     """The images both pipelines are timed on: the HTTP bench's photo, a 3:2 photo, a large
     photo (libjpeg's reduced-scale decoding matters there) and a lossless PNG."""
-    from yolov8n import bench_image
-
-    def photo(seed: int, w: int, h: int, fmt: str) -> bytes:
-        img = scene(seed, w, h, max_objects=6).image.filter(ImageFilter.GaussianBlur(0.8))
-        buf = io.BytesIO()
-        img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
-        return buf.getvalue()
-
     return {"bench.jpg 1280x960": bench_image(), "photo.jpg 1280x853": photo(7, 1280, 853, "JPEG"),
             "photo.jpg 4000x3000": photo(8, 4000, 3000, "JPEG"),
             "scene.png 1280x853": photo(9, 1280, 853, "PNG")}
@@ -176,13 +181,17 @@ def report(model: str, image: str, r: dict[str, Any]) -> None:
 
 
 def models(wanted: list[str]) -> dict[str, bytes]:
+    """The demo detector, and the YOLOv8n-sized model (built once; needs torch)."""
     from detserve.service.demo import demo_model_bytes
-    from yolov8n import bench_image, build
 
-    cache = ROOT / ".bench-cache"
-    cache.mkdir(exist_ok=True)
-    found = {"demo-detector": demo_model_bytes}
-    found["yolov8n-sized"] = lambda: build(cache, bench_image()).read_bytes()
+    def yolov8n_sized() -> bytes:
+        from yolov8n import build
+
+        cache = ROOT / ".bench-cache"
+        cache.mkdir(exist_ok=True)
+        return build(cache, bench_image()).read_bytes()
+
+    found = {"demo-detector": demo_model_bytes, "yolov8n-sized": yolov8n_sized}
     return {name: found[name]() for name in wanted}
 
 
