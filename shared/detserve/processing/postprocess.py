@@ -80,19 +80,14 @@ def _describe(outputs: Sequence[tuple[str, Shape]]) -> str:
 def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int]) -> Decoded:
     """Run the decoder named in the version's output spec on one image's raw outputs."""
     layout, threshold = spec["layout"], float(spec.get("score_threshold", 0.25))
-    if layout == "v8":
-        boxes, scores, classes = _yolo_v8(raw[0], threshold)
-    elif layout == "v5":
-        boxes, scores, classes = _yolo_v5(raw[0], threshold)
-    elif layout == "tfod":
-        boxes, scores, classes = _tfod(raw, input_hw)
-    else:
-        boxes, scores, classes = _e2e(raw[0])
-    keep = scores >= threshold
-    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    if layout in ("v8", "v5"):
+    if layout in ("v8", "v5"):  # these decoders apply the threshold themselves
+        decoder = _yolo_v8 if layout == "v8" else _yolo_v5
+        boxes, scores, classes = decoder(raw[0], threshold)
         idx = nms(boxes, scores, classes, float(spec.get("iou_threshold", 0.45)))
     else:
+        boxes, scores, classes = _tfod(raw, input_hw) if layout == "tfod" else _e2e(raw[0])
+        keep = scores >= threshold
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         idx = np.argsort(-scores, kind="stable")
     idx = idx[: int(spec.get("max_detections", 100))]
     return boxes[idx], scores[idx], classes[idx] + int(spec.get("class_offset", 0))
@@ -152,14 +147,15 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     offset = classes.astype(np.float32)[:, None] * (float(np.abs(boxes).max()) + 1.0)
     # one contiguous array per coordinate: each step gathers from four 1-D arrays
     x1, y1, x2, y2 = (np.ascontiguousarray(c) for c in (boxes + offset).T)
-    areas = (x2 - x1).clip(0) * (y2 - y1).clip(0)
+    # np.maximum(x, 0), not x.clip(0): the same values, at a fraction of clip's fixed cost
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     order = np.argsort(-scores, kind="stable")
     keep = []
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(i)
-        inter = ((np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(0)
-                 * (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(0))
+        inter = (np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
+                 * np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0))
         overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
         order = rest[overlap <= iou]
     return np.asarray(keep, dtype=np.int64)
