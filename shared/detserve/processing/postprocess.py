@@ -145,8 +145,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
     offset = classes.astype(np.float32)[:, None] * (float(np.abs(boxes).max()) + 1.0)
-    # one contiguous array per coordinate: each step gathers from four 1-D arrays
-    x1, y1, x2, y2 = (np.ascontiguousarray(c) for c in (boxes + offset).T)
+    # one contiguous row per coordinate: each step gathers from four 1-D arrays
+    x1, y1, x2, y2 = np.ascontiguousarray((boxes + offset).T)
     # np.maximum(x, 0), not x.clip(0): the same values, at a fraction of clip's fixed cost
     areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     order = np.argsort(-scores, kind="stable")
@@ -167,8 +167,10 @@ def to_image(
     """Input-pixel x1,y1,x2,y2 to original-image [y_min, x_min, y_max, x_max], clipped."""
     if len(boxes) == 0:
         return np.zeros((0, 4), dtype=np.float32)
-    x = (boxes[:, [0, 2]] - geometry.pad_x) / geometry.gain_x * scale
-    y = (boxes[:, [1, 3]] - geometry.pad_y) / geometry.gain_y * scale
-    x = x.clip(0, width)
-    y = y.clip(0, height)
-    return np.stack([y[:, 0], x[:, 0], y[:, 1], x[:, 1]], axis=1)
+    # one multiply-add and two clamps on the reordered boxes (np.maximum/np.minimum: clip's fixed
+    # cost is several times theirs on arrays this small)
+    gain_y, gain_x = scale / geometry.gain_y, scale / geometry.gain_x
+    factor = np.asarray([gain_y, gain_x, gain_y, gain_x])
+    shift = np.asarray([geometry.pad_y * gain_y, geometry.pad_x * gain_x] * 2)
+    yx = boxes[:, [1, 0, 3, 2]] * factor - shift
+    return np.minimum(np.maximum(yx, 0), np.asarray([height, width, height, width]))
