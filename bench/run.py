@@ -241,9 +241,9 @@ def plain_flask(tmp: Path, model: bytes, labels: list[str]) -> Iterator[str]:
         deadline = time.time() + 120
         while True:
             try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+                requests.get(f"http://127.0.0.1:{port}/", timeout=10)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 if proc.poll() is not None or time.time() > deadline:
                     raise SystemExit("the plain Flask reference did not start") from None
                 time.sleep(0.3)
