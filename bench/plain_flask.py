@@ -12,10 +12,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 from flask import Flask, Response, request
 
-from reference import Reference
+from reference import Reference, answer
 
 
 def create_app() -> Flask:
@@ -26,10 +25,6 @@ def create_app() -> Flask:
     @app.post("/predict")
     def predict() -> Response:
         result = ref(request.files["images"].read())
-        body = {"detection_classes": [labels[c] if c < len(labels) else str(c)
-                                      for c in result.classes.tolist()],
-                "detection_boxes": np.round(result.boxes.astype(np.float64), 2).tolist(),
-                "detection_scores": np.round(result.scores.astype(np.float64), 5).tolist()}
-        return Response(json.dumps(body), mimetype="application/json")
+        return Response(json.dumps(answer(result, labels)), mimetype="application/json")
 
     return app

@@ -63,6 +63,14 @@ class Reference:
         return Result(scale_boxes(boxes, ratio, pad, img.size), scores, classes)
 
 
+def answer(result: Result, labels: list[str]) -> dict[str, list]:
+    """The answer as a caller gets it: class names, boxes to 0.01 px, scores to 5 decimals."""
+    return {"detection_classes": [labels[c] if c < len(labels) else str(c)
+                                  for c in result.classes.tolist()],
+            "detection_boxes": np.round(result.boxes.astype(np.float64), 2).tolist(),
+            "detection_scores": np.round(result.scores.astype(np.float64), 5).tolist()}
+
+
 def decode(data: bytes) -> Image.Image:
     img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
     return img.convert("RGB")

@@ -312,6 +312,7 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true",
                         help="also measure bench/plain_flask.py, the reference pipeline in Flask")
     args = parser.parse_args()
+    revision = commit()  # the code under test: read before anything can change the checkout
     allocator.tune()  # the ceiling runs with the workers' allocator settings
     CACHE.mkdir(exist_ok=True)
     image = steps.bench_image()
@@ -352,7 +353,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-            "commit": commit(), "load_average": os.getloadavg(),
+            "commit": revision, "load_average": os.getloadavg(),
             "worker_concurrency": settings.worker_concurrency,
             "ort_threads": settings.ort_threads, "seconds": args.seconds, "reps": args.reps,
             "targets": targets(results)}

@@ -9,7 +9,8 @@ lands on both sides alike:
   decode   bytes to an upright RGB image
   prepare  letterbox and tensor
   model    the ONNX Runtime session's run (the same model, the same thread settings: a control)
-  post     output decoding, NMS and rescaling to the original image
+  post     output decoding, NMS, rescaling to the original image, and the answer as the API
+           returns it (class names, rounded lists)
 Figures are medians with the interquartile range; `pre` is decode + prepare per call.
 """
 
@@ -69,7 +70,8 @@ def detserve_steps(detector: Detector) -> dict[str, Callable[[Any], Any]]:
             "post": lambda pair: detector.finish(*pair)}
 
 
-def reference_steps(ref: reference.Reference) -> dict[str, Callable[[Any], Any]]:
+def reference_steps(ref: reference.Reference, labels: list[str]) -> dict[str, Callable[[Any], Any]]:
+    """The reference's steps; its post step ends, like detserve's, with the answer a caller gets."""
     def prepare(img: Image.Image) -> tuple[Any, ...]:
         return (*reference.letterbox(img, ref.size), img.size)
 
@@ -80,7 +82,9 @@ def reference_steps(ref: reference.Reference) -> dict[str, Callable[[Any], Any]]
     def post(state: tuple[Any, ...]) -> reference.Result:
         out, ratio, pad, size = state
         boxes, scores, classes = reference.postprocess(out, ref.conf, ref.iou, ref.max_det)
-        return reference.Result(reference.scale_boxes(boxes, ratio, pad, size), scores, classes)
+        result = reference.Result(reference.scale_boxes(boxes, ratio, pad, size), scores, classes)
+        reference.answer(result, labels)
+        return result
 
     return {"decode": reference.decode, "prepare": prepare, "model": model, "post": post}
 
@@ -129,7 +133,7 @@ def spread(values: list[float]) -> dict[str, float]:
 def measure(detector: Detector, ref: reference.Reference, data: bytes,
             calls: int) -> dict[str, Any]:
     """Check the answers, then time both pipelines alternately (which goes first alternates too)."""
-    ours_steps, ref_steps = detserve_steps(detector), reference_steps(ref)
+    ours_steps, ref_steps = detserve_steps(detector), reference_steps(ref, detector.labels)
     ours, theirs = detector.infer(data), ref(data)
     decoded = detector.decode(data)
     tolerance, full_decode = TOLERANCE_PX, None
