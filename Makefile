@@ -32,7 +32,8 @@ lint: $(DEV)
 	$(PY) -m mypy
 
 # needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model;
-# --reference also measures a plain Flask app running the same pipeline in-process (the floor)
+# the ceiling is bench/reference.py, an independent pipeline; --reference also measures it in a
+# plain Flask app (the floor); bench/steps.py alone times both pipelines step by step
 bench: $(DEV)
 	$(PY) -m pip install --quiet -e ".[dev,train]"
 	$(PY) bench/run.py --reference
