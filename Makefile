@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEV    := $(VENV)/.dev-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean mutate
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,16 @@ lint: $(DEV)
 	$(PY) -m mypy
 
 # needs wrk (apt-get install wrk) and the train extra (torch, CPU build) for the YOLOv8n-sized model;
-# --reference also measures a plain Flask app running the same pipeline in-process (the floor)
+# the ceiling is bench/reference.py, an independent pipeline; --reference also measures it in a
+# plain Flask app (the floor); bench/steps.py alone times both pipelines step by step
 bench: $(DEV)
 	$(PY) -m pip install --quiet -e ".[dev,train]"
 	$(PY) bench/run.py --reference
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mutate
+
+# Mutation testing (cosmic-ray) of the modules that decide answers and state, each against its fast
+# tests, on two lanes; not run by CI (about half an hour on a 2-core machine). Report: .mutate/report.txt
+mutate: $(DEV)
+	$(PY) tests/mutate/run.py

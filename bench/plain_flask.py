@@ -1,8 +1,9 @@
-"""The reference `make bench --reference` compares detserve with: a plain Flask app that runs the
-same Detector in its own process, under gunicorn with 2 sync workers. No queue, no auth, no checks
-before decoding: the floor of what serving this pipeline over HTTP costs on the machine.
+"""The floor `make bench` compares detserve with: a plain Flask app running the independent
+reference pipeline (bench/reference.py) in its own process, under gunicorn with 2 sync workers.
+No queue, no auth, no checks before decoding: what serving this pipeline over HTTP costs at least.
 
-gunicorn --chdir bench -w 2 -k sync 'plain_flask:create_app()' with BENCH_MODEL=<model.onnx>.
+gunicorn --chdir bench -w 2 -k sync 'plain_flask:create_app()' with BENCH_MODEL=<model.onnx>
+(and BENCH_LABELS, a JSON list, to answer with class names as detserve does).
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from pathlib import Path
 
 from flask import Flask, Response, request
 
-from detserve import allocator
-from detserve.inference.standalone import local_detector
+from reference import Reference, answer
 
 
 def create_app() -> Flask:
-    allocator.tune()  # as detserve's processes do: the comparison is of the architecture alone
-    detector = local_detector(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
+    ref = Reference(Path(os.environ["BENCH_MODEL"]).read_bytes(), threads=1)
+    labels = json.loads(os.environ.get("BENCH_LABELS", "[]"))
     app = Flask(__name__)
 
     @app.post("/predict")
     def predict() -> Response:
-        data = request.files["images"].read()
-        return Response(json.dumps(detector.infer(data).to_dict()), mimetype="application/json")
+        result = ref(request.files["images"].read())
+        return Response(json.dumps(answer(result, labels)), mimetype="application/json")
 
     return app

@@ -1,12 +1,18 @@
-"""`make bench`: the sync route under wrk vs. the same pipeline in-process (the ceiling).
+"""`make bench`: the sync route under wrk vs. an independent pipeline in-process (the ceiling).
 
-Runs a real `detserve up` (embedded Redis, SQLite, gunicorn API, Celery CPU worker), deploys the
-demo detector and a YOLOv8n-sized model, then for concurrency 1, 4 and 16 measures:
+First, in this process, detserve's pipeline and the independent reference (bench/reference.py,
+which imports nothing of detserve) are checked to give the same answers on the bench images and
+timed step by step (bench/steps.py); the bench stops there if the answers differ. Then it runs a
+real `detserve up` (embedded Redis, SQLite, gunicorn API, Celery CPU worker), deploys the demo
+detector and a YOLOv8n-sized model, checks the route's answer against the reference's, and for
+concurrency 1, 4 and 16 measures:
   route    wrk (C, one thread) POSTing the bench image to /v1/services/{id}/predict
-  ceiling  detserve's Detector called in this process with the workers' layout: a pool of
+  ceiling  the reference pipeline called in this process with the workers' layout: a pool of
            `worker_concurrency` threads, ONNX Runtime with `ort_threads` intra-op threads each
   paired   (c=1 only) one request, then the same image in-process, alternating; the median of
            the differences is the latency the route adds, whatever the machine's speed drifts
+With --reference the same is measured for bench/plain_flask.py, the reference pipeline in a plain
+Flask app: the floor of serving it over HTTP.
 Route and ceiling windows alternate (--reps pairs of --seconds each) and each figure is the median
 over the windows; the ratio is the median of the per-pair ratios route images/s / ceiling images/s,
 so the host's speed drifting between windows (it does, by 10% on our shared 2-core machines)
@@ -41,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detserve import allocator  # noqa: E402
+import steps  # noqa: E402
 from detserve.config import Settings  # noqa: E402
-from detserve.inference.detector import Detector  # noqa: E402
+from detserve.inference.detector import Detections  # noqa: E402
 from detserve.inference.standalone import local_detector  # noqa: E402
-from detserve.service.demo import demo_model_bytes  # noqa: E402
 from detserve_launcher.supervisor import free_port  # noqa: E402
+from reference import Reference  # noqa: E402
 
 CACHE = ROOT / ".bench-cache"
 BOUNDARY = "----detservebench"
@@ -113,7 +119,7 @@ def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[st
             "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"])}
 
 
-def run_ceiling(detector: Detector, image: bytes, concurrency: int, seconds: float,
+def run_ceiling(detector: Reference, image: bytes, concurrency: int, seconds: float,
                 workers: int) -> dict[str, float]:
     """Clients submit to a pool shaped like the worker (threads x ORT threads), as the route does."""
     latencies: list[float] = []
@@ -123,7 +129,7 @@ def run_ceiling(detector: Detector, image: bytes, concurrency: int, seconds: flo
         def client() -> None:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                pool.submit(detector.infer, image).result()
+                pool.submit(detector, image).result()
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1000)
         started = time.perf_counter()
@@ -138,7 +144,7 @@ def run_ceiling(detector: Detector, image: bytes, concurrency: int, seconds: flo
             "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
 
 
-def run_paired(url: str, key: str, detector: Detector, image: bytes, seconds: float) -> dict[str, float]:
+def run_paired(url: str, key: str, detector: Reference, image: bytes, seconds: float) -> dict[str, float]:
     """c=1 overhead, robust to a machine whose speed drifts: one request over HTTP, then the same
     image in-process, again and again; the median of the per-pair differences is what the route
     adds. Both halves of a pair run within milliseconds of each other, so a slow patch of the
@@ -165,7 +171,7 @@ def run_paired(url: str, key: str, detector: Detector, image: bytes, seconds: fl
             if not keep:
                 sock.close()
                 sock = None
-            detector.infer(image)
+            detector(image)
             t2 = time.perf_counter()
             route.append((t1 - t0) * 1000)
             local.append((t2 - t1) * 1000)
@@ -194,7 +200,7 @@ def _read_response(sock: socket.socket) -> bool:
     return re.search(rb"(?i)\r\nconnection:\s*close", head) is None
 
 
-def measure(name: str, url: str, script: Path, key: str, detector: Detector, image: bytes,
+def measure(name: str, url: str, script: Path, key: str, detector: Reference, image: bytes,
             args: argparse.Namespace, workers: int) -> dict[int, dict[str, Any]]:
     """Route against ceiling at each concurrency, windows alternating; paired at c=1."""
     results: dict[int, dict[str, Any]] = {}
@@ -203,9 +209,9 @@ def measure(name: str, url: str, script: Path, key: str, detector: Detector, ima
         for _ in range(args.reps):
             route.append(run_wrk(url, script, c, args.seconds))
             ceiling.append(run_ceiling(detector, image, c, args.seconds, workers))
+        ratios = sorted(r["images_s"] / k["images_s"] for r, k in zip(route, ceiling, strict=True))
         results[c] = {"route": median_of(route), "ceiling": median_of(ceiling),
-                      "ratio": statistics.median(r["images_s"] / k["images_s"]
-                                                 for r, k in zip(route, ceiling, strict=True))}
+                      "ratio": statistics.median(ratios), "ratio_range": [ratios[0], ratios[-1]]}
         report(name, c, results[c])
         if c == 1:
             paired = run_paired(url, key, detector, image, args.seconds * args.reps)
@@ -217,12 +223,12 @@ def measure(name: str, url: str, script: Path, key: str, detector: Detector, ima
 
 
 @contextlib.contextmanager
-def plain_flask(tmp: Path, model: bytes) -> Iterator[str]:
-    """The reference: bench/plain_flask.py under gunicorn, 2 sync workers; yields its URL."""
+def plain_flask(tmp: Path, model: bytes, labels: list[str]) -> Iterator[str]:
+    """The floor: bench/plain_flask.py under gunicorn, 2 sync workers; yields its URL."""
     (tmp / "reference.onnx").write_bytes(model)
     port = free_port()
     env = {**os.environ, "BENCH_MODEL": str(tmp / "reference.onnx"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "shared"), os.environ.get("PYTHONPATH", "")])}
+           "BENCH_LABELS": json.dumps(labels)}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--chdir", str(Path(__file__).parent),
                              "-b", f"127.0.0.1:{port}", "-w", "2", "-k", "sync",
                              "--worker-tmp-dir", "/dev/shm", "plain_flask:create_app()"],
@@ -231,9 +237,9 @@ def plain_flask(tmp: Path, model: bytes) -> Iterator[str]:
         deadline = time.time() + 120
         while True:
             try:
-                requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+                requests.get(f"http://127.0.0.1:{port}/", timeout=10)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 if proc.poll() is not None or time.time() > deadline:
                     raise SystemExit("the plain Flask reference did not start") from None
                 time.sleep(0.3)
@@ -247,26 +253,68 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
+def check_route(url: str, key: str, image: bytes, ref: Reference, labels: list[str]) -> None:
+    """The server's answer to the bench image against the reference pipeline's, or stop."""
+    resp = requests.post(url, headers={"X-Service-Key": key}, timeout=60,
+                         files={"images": ("bench.jpg", image, "image/jpeg")})
+    resp.raise_for_status()
+    body = resp.json()
+    answer = Detections(classes=body["detection_classes"], boxes=body["detection_boxes"],
+                        scores=body["detection_scores"])
+    problem, _ = steps.compare(answer, ref(image), labels, steps.TOLERANCE_PX, ref.conf)
+    if problem:
+        raise SystemExit(f"{url} answers differently from the reference pipeline: {problem}")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True).stdout.splitlines()
+        if line.startswith("Model name")), platform.processor())
+    return f"{cpu}, {os.cpu_count()} cores, {platform.machine()}"
+
+
+def commit() -> str:
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def targets(results: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """The issue's targets for the YOLOv8n-sized model, each MET or MISSED with its figure."""
+    ours, floor = results.get("yolov8n-sized", {}), results.get("yolov8n-sized (plain Flask)", {})
+    lines = []
+    for c in (4, 16):
+        if c in ours:
+            r = ours[c]["ratio"]
+            lines.append(f"c={c} route/ceiling {r:.3f} >= 0.97: {'MET' if r >= 0.97 else 'MISSED'}")
+    if 1 in ours:
+        added = ours[1]["paired"]["added_p50_ms"]
+        lines.append(f"c=1 paired p50 added {added:+.2f} ms <= 2 ms: {'MET' if added <= 2 else 'MISSED'}")
+    if 16 in ours and 16 in floor:
+        a, b = ours[16]["route"]["p99_ms"], floor[16]["route"]["p99_ms"]
+        lines.append(f"c=16 p99 {a:.1f} ms <= plain Flask's {b:.1f} ms: {'MET' if a <= b else 'MISSED'}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--models", default="demo-detector,yolov8n-sized")
+    parser.add_argument("--calls", type=int, default=200, help="in-process step timings per image")
     parser.add_argument("--reference", action="store_true",
-                        help="also measure a plain Flask app running the same pipeline in-process")
+                        help="also measure bench/plain_flask.py, the reference pipeline in Flask")
     args = parser.parse_args()
-    allocator.tune()  # the ceiling runs with the workers' allocator settings
-    from yolov8n import bench_image, build
-
+    revision = commit()  # the code under test: read before anything can change the checkout
     CACHE.mkdir(exist_ok=True)
-    image = bench_image()
+    image = steps.bench_image()
     image_path = CACHE / "bench.jpg"
     image_path.write_bytes(image)
-    wanted = args.models.split(",")
-    models = {name: load() for name, load in (
-        ("demo-detector", demo_model_bytes),
-        ("yolov8n-sized", lambda: build(CACHE, image).read_bytes())) if name in wanted}
+    models = steps.models(args.models.split(","))
+    step_results = steps.run(models, args.calls)  # stops here if the answers differ
     settings = Settings.from_env(environ={})
     results: dict[str, dict[int, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -280,25 +328,33 @@ def main() -> None:
                 script = Path(tmp) / f"{name}.lua"
                 wrk_script(script, image_path, key)
                 url = f"{base}/v1/services/{service_id}/predict"
-                detector = local_detector(model, settings.ort_threads)
-                detector.infer(image)
+                served = local_detector(model, settings.ort_threads)  # what registering read
+                ref = Reference(model, settings.ort_threads,
+                                conf=float(served.output.get("score_threshold", 0.25)),
+                                iou=float(served.output.get("iou_threshold", 0.45)),
+                                max_det=int(served.output.get("max_detections", 100)))
+                check_route(url, key, image, ref, served.labels)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
-                results[name] = measure(name, url, script, key, detector, image, args,
+                results[name] = measure(name, url, script, key, ref, image, args,
                                         settings.worker_concurrency)
                 if args.reference:
-                    with plain_flask(Path(tmp), model) as ref_url:
+                    with plain_flask(Path(tmp), model, served.labels) as ref_url:
+                        check_route(ref_url, key, image, ref, served.labels)
                         run_wrk(ref_url, script, 4, 3)
                         results[f"{name} (plain Flask)"] = measure(
-                            f"{name} ref", ref_url, script, key, detector, image, args,
+                            f"{name} flask", ref_url, script, key, ref, image, args,
                             settings.worker_concurrency)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": machine,
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+            "commit": revision, "load_average": os.getloadavg(),
             "worker_concurrency": settings.worker_concurrency,
-            "ort_threads": settings.ort_threads, "seconds": args.seconds, "reps": args.reps}
-    (CACHE / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+            "ort_threads": settings.ort_threads, "seconds": args.seconds, "reps": args.reps,
+            "targets": targets(results)}
+    (CACHE / "results.json").write_text(json.dumps(
+        {"meta": meta, "steps": step_results, "results": results}, indent=2))
+    print("\n".join(meta.pop("targets")))  # type: ignore[arg-type]
     print(json.dumps(meta))
 
 
@@ -307,7 +363,8 @@ def report(name: str, c: int, r: dict[str, Any]) -> None:
     print(f"{name:14} c={c:<3} route {route['images_s']:7.1f} img/s p50 {route['p50_ms']:7.1f} ms "
           f"p99 {route['p99_ms']:7.1f} ms | ceiling {ceil['images_s']:7.1f} img/s p50 "
           f"{ceil['p50_ms']:7.1f} ms p99 {ceil['p99_ms']:7.1f} ms | ratio "
-          f"{r['ratio']:.3f}  p50 +{route['p50_ms'] - ceil['p50_ms']:.1f} ms",
+          f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f}]  "
+          f"p50 +{route['p50_ms'] - ceil['p50_ms']:.1f} ms",
           flush=True)
 
 

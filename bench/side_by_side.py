@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "shared"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from detserve import allocator  # noqa: E402
 from detserve.config import Settings  # noqa: E402
 from detserve.inference.standalone import local_detector  # noqa: E402
 from detserve.service.demo import demo_model_bytes  # noqa: E402
@@ -86,7 +85,6 @@ def main() -> None:
     parser.add_argument("tree_b", type=Path)
     parser.add_argument("--seconds", type=float, default=40)
     args = parser.parse_args()
-    allocator.tune()  # the in-process runs get the workers' allocator settings
     from yolov8n import bench_image
 
     image, model = bench_image(), demo_model_bytes()
@@ -94,13 +92,16 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            calls = {}
+            deployed = {}
             for name, tree in trees.items():
                 data_dir, port = Path(tmp) / name / "data", free_port()
                 procs.append(start(tree, data_dir, port))
                 token = (data_dir / "admin_token").read_text().strip()
-                service_id, key = deploy(f"http://127.0.0.1:{port}", token, "side-by-side", model)
-                calls[name] = caller(port, service_id, key, image)
+                deployed[name] = (port, *deploy(f"http://127.0.0.1:{port}", token,
+                                                "side-by-side", model))
+            # connect once both are up: a server may close a connection left idle meanwhile
+            calls = {name: caller(port, service_id, key, image)
+                     for name, (port, service_id, key) in deployed.items()}
             detector = local_detector(model, Settings.from_env(environ={}).ort_threads)
 
             def added(name: str) -> float:

@@ -8,7 +8,6 @@ after NMS, so that decoding and NMS do the work they do for a trained model.
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from PIL import ImageFilter
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +24,7 @@ sys.path.insert(0, str(ROOT / "shared"))
 
 from detserve.inference.synthetic import scene  # noqa: E402
 from detserve.processing import postprocess  # noqa: E402
-from detserve.processing.preprocess import resize, to_tensor  # noqa: E402
+from detserve.processing.preprocess import TensorSpec, resize  # noqa: E402
 
 SIZE = 640
 SPEC = {"layout": "v8", "score_threshold": 0.25, "iou_threshold": 0.45, "max_detections": 300}
@@ -181,7 +179,7 @@ def tensor_of(image: bytes) -> torch.Tensor:
 
     decoded = decode(image, max_bytes=1 << 30, max_pixels=1 << 30)
     pixels, _ = resize(decoded.image, (SIZE, SIZE), "letterbox")
-    return torch.from_numpy(to_tensor(pixels, {"scale": 1 / 255}))
+    return torch.from_numpy(TensorSpec.from_spec({"scale": 1 / 255})(pixels))
 
 
 def count_boxes(model: YOLO, x: torch.Tensor) -> int:
@@ -243,16 +241,9 @@ def build(cache: Path, bench_image: bytes) -> Path:
     return out
 
 
-def bench_image() -> bytes:
-    """The benchmark's image: a 1280x960 synthetic JPEG, like a phone photo's proportions."""
-    # smoothed a little, as a phone's processing smooths sensor noise: about 290 KB, photo-like
-    s = scene(424242, 1280, 960, max_objects=6)
-    buf = io.BytesIO()
-    s.image.filter(ImageFilter.GaussianBlur(0.8)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 if __name__ == "__main__":
     cache = ROOT / ".bench-cache"
     cache.mkdir(exist_ok=True)
+    from steps import bench_image
+
     print(build(cache, bench_image()))

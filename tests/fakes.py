@@ -1,14 +1,15 @@
-"""Fakes of the `tensorrt` and `pycuda.driver` modules, with only the names TensorRTBackend uses.
+"""Fakes of the `tensorrt` and `pycuda.driver` (tests/fakecuda.py) modules, with only the names
+TensorRTBackend uses.
 
 The engine is the ONNX model run by ONNX Runtime; device memory is host memory behind integer
 addresses; so the backend's real logic (I/O by tensor name, shapes, buffers, copies, streams,
-the engine cache) runs here unchanged. tests/unit/test_tensorrt_fake.py checks every name defined
-here against the real TensorRT 10 / pycuda API, so the fake cannot drift into invented names.
+execution contexts, the engine cache, build progress) runs here unchanged. `modules(version)` gives
+TensorRT 10 or 11: each major's fake holds only names its own documentation lists, and
+tests/unit/test_tensorrt_fake.py checks them against one list of real names per major.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import types
 from typing import Any
@@ -17,22 +18,48 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+import fakecuda
+
 # ---- tensorrt -------------------------------------------------------------------------------
 
 
-class Logger:
+class ILogger:
+    class Severity:
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    def __init__(self) -> None:
+        pass
+
+    def log(self, severity: int, msg: str) -> None:
+        pass
+
+
+class Logger(ILogger):
+    ERROR = 1
     WARNING = 2
     INFO = 3
 
     def __init__(self, min_severity: int = WARNING) -> None:
+        super().__init__()
         self.min_severity = min_severity
+
+
+class IProgressMonitor:
+    """TensorRT calls phase_start / step_complete / phase_finish on the application's subclass."""
+
+    def __init__(self) -> None:
+        pass
 
 
 class MemoryPoolType:
     WORKSPACE = "WORKSPACE"
 
 
-class BuilderFlag:
+class BuilderFlag:  # TensorRT 10 only: 11 removed the weak-typing flags, FP16 among them
     FP16 = "FP16"
 
 
@@ -50,8 +77,8 @@ class DataType:
 
 _NP = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.UINT8: np.uint8,
        DataType.INT64: np.int64}
-_ONNX_TO_TRT = {onnx.TensorProto.FLOAT: DataType.FLOAT, onnx.TensorProto.UINT8: DataType.UINT8,
-                onnx.TensorProto.INT64: DataType.INT64}
+_ONNX_TO_TRT = {onnx.TensorProto.FLOAT: DataType.FLOAT, onnx.TensorProto.FLOAT16: DataType.HALF,
+                onnx.TensorProto.UINT8: DataType.UINT8, onnx.TensorProto.INT64: DataType.INT64}
 
 
 def nptype(dtype: str) -> type:
@@ -76,8 +103,13 @@ class INetworkDefinition:
         return self.inputs[index]
 
 
+def _dims(value: onnx.ValueInfoProto) -> tuple[int, ...]:
+    return tuple(d.dim_value if d.HasField("dim_value") else -1
+                 for d in value.type.tensor_type.shape.dim)
+
+
 class OnnxParser:
-    def __init__(self, network: INetworkDefinition, logger: Logger) -> None:
+    def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
         self.network, self.errors = network, []
 
     def parse(self, model: bytes) -> bool:
@@ -90,12 +122,7 @@ class OnnxParser:
             return False
         self.network.model = proto
         init = {i.name for i in proto.graph.initializer}
-        for value in proto.graph.input:
-            if value.name in init:
-                continue
-            dims = tuple(d.dim_value if d.HasField("dim_value") else -1
-                         for d in value.type.tensor_type.shape.dim)
-            self.network.inputs.append(ITensor(value.name, dims))
+        self.network.inputs = [ITensor(v.name, _dims(v)) for v in proto.graph.input if v.name not in init]
         return True
 
     @property
@@ -119,6 +146,7 @@ class IBuilderConfig:
         self.flags: set[str] = set()
         self.pools: dict[str, int] = {}
         self.profiles: list[IOptimizationProfile] = []
+        self.progress_monitor: IProgressMonitor | None = None
 
     def set_memory_pool_limit(self, pool: str, pool_size: int) -> None:
         self.pools[pool] = pool_size
@@ -131,11 +159,13 @@ class IBuilderConfig:
         return len(self.profiles) - 1
 
 
+BUILD_ERROR_KEY = "fake_tensorrt_build_error"  # metadata that makes the fake builder fail
+
+
 class Builder:
     builds = 0  # how many engines were built in this process (the cache test counts them)
-    platform_has_fast_fp16 = True
 
-    def __init__(self, logger: Logger) -> None:
+    def __init__(self, logger: ILogger) -> None:
         self.logger = logger
 
     def create_network(self, flags: int = 0) -> INetworkDefinition:
@@ -150,10 +180,38 @@ class Builder:
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
         if network.model is None:
             return None
+        if not _report_phases(config.progress_monitor):
+            return None  # the monitor asked to cancel
+        failure = {p.key: p.value for p in network.model.metadata_props}.get(BUILD_ERROR_KEY)
+        if failure:
+            self.logger.log(ILogger.Severity.ERROR, failure)
+            return None
         Builder.builds += 1
         header = {"fp16": "FP16" in config.flags,
                   "profiles": [{k: v for k, v in p.shapes.items()} for p in config.profiles]}
         return json.dumps(header).encode() + b"\n" + network.model.SerializeToString()
+
+
+class Builder10(Builder):
+    platform_has_fast_fp16 = True
+
+
+def _report_phases(monitor: Any) -> bool:
+    """The phases a real build reports: a top phase whose steps hold nested ones."""
+    if monitor is None:
+        return True
+    monitor.phase_start("Building engine", None, 2)
+    for step, child in enumerate(("Graph optimization", "Tactic selection")):
+        monitor.phase_start(child, "Building engine", 4)
+        for inner in range(4):
+            if not monitor.step_complete(child, inner):
+                monitor.phase_finish(child)
+                monitor.phase_finish("Building engine")
+                return False
+        monitor.phase_finish(child)
+        monitor.step_complete("Building engine", step)
+    monitor.phase_finish("Building engine")
+    return True
 
 
 class IExecutionContext:
@@ -181,16 +239,25 @@ class IExecutionContext:
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
-        feeds = {}
-        for name, shape in self.shapes.items():
-            dtype = np.dtype(_NP[self.engine.get_tensor_dtype(name)])
-            raw = _MEMORY[self.addresses[name]].data[: int(np.prod(shape)) * dtype.itemsize]
-            feeds[name] = np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape)
+        feeds = {name: read_device(self.addresses[name], shape,
+                                   _NP[self.engine.get_tensor_dtype(name)])
+                 for name, shape in self.shapes.items()}
         names = [n for n in self.engine.names if self.engine.get_tensor_mode(n) == TensorIOMode.OUTPUT]
         for name, value in zip(names, self.engine.session.run(names, feeds), strict=True):
-            value = np.ascontiguousarray(value.astype(_NP[self.engine.get_tensor_dtype(name)]))
-            _MEMORY[self.addresses[name]].data[: value.nbytes] = np.frombuffer(value.tobytes(), np.uint8)
+            write_device(self.addresses[name], value.astype(_NP[self.engine.get_tensor_dtype(name)]))
         return True
+
+
+# How the engine's execution reaches device memory; tests/gpu swaps these for real CUDA copies.
+def read_device(address: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    raw = fakecuda.MEMORY[address].data[: int(np.prod(shape)) * dtype.itemsize]
+    return np.frombuffer(raw.tobytes(), dtype=dtype).reshape(shape)
+
+
+def write_device(address: int, value: np.ndarray) -> None:
+    raw = np.frombuffer(np.ascontiguousarray(value).tobytes(), np.uint8)
+    fakecuda.MEMORY[address].data[: raw.size] = raw
 
 
 class ICudaEngine:
@@ -204,11 +271,16 @@ class ICudaEngine:
         self.modes.update({v.name: TensorIOMode.OUTPUT for v in proto.graph.output})
         values = [v for v in list(proto.graph.input) + list(proto.graph.output) if v.name in self.modes]
         self.dtypes = {v.name: _ONNX_TO_TRT[v.type.tensor_type.elem_type] for v in values}
+        self.dims = {v.name: _dims(v) for v in values}
         self.names = list(self.modes)
 
     @property
     def num_io_tensors(self) -> int:
         return len(self.names)
+
+    @property
+    def device_memory_size_v2(self) -> int:
+        return 8 << 20  # what a small detector's activations take
 
     def get_tensor_name(self, index: int) -> str:
         return self.names[index]
@@ -218,6 +290,9 @@ class ICudaEngine:
 
     def get_tensor_dtype(self, name: str) -> str:
         return self.dtypes[name]
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.dims[name]
 
     def create_execution_context(self) -> IExecutionContext:
         return IExecutionContext(self)
@@ -230,105 +305,45 @@ class ICudaEngine:
         return static, static, static
 
 
+class ICudaEngine10(ICudaEngine):
+    @property
+    def device_memory_size(self) -> int:  # 11 keeps only the _v2 name
+        return self.device_memory_size_v2
+
+
 class Runtime:
-    def __init__(self, logger: Logger) -> None:
+    engine_class: type[ICudaEngine] = ICudaEngine
+
+    def __init__(self, logger: ILogger) -> None:
         self.logger = logger
 
     def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine:
-        return ICudaEngine(serialized_engine)
+        return self.engine_class(serialized_engine)
 
 
-# ---- pycuda.driver --------------------------------------------------------------------------
-
-_MEMORY: dict[int, DeviceAllocation] = {}
-_ADDRESSES = itertools.count(0x10000, 0x10000)
+class Runtime10(Runtime):
+    engine_class = ICudaEngine10
 
 
-class DeviceAllocation:
-    def __init__(self, size: int) -> None:
-        self.address = next(_ADDRESSES)
-        self.data = np.zeros(size, dtype=np.uint8)
-        _MEMORY[self.address] = self
-
-    def __int__(self) -> int:
-        return self.address
-
-    def free(self) -> None:
-        _MEMORY.pop(self.address, None)
-
-
-def mem_alloc(bytes: int) -> DeviceAllocation:  # noqa: A002 - pycuda's own parameter name
-    return DeviceAllocation(bytes)
+TENSORRT_NAMES = {
+    10: {"ILogger": ILogger, "Logger": Logger, "IProgressMonitor": IProgressMonitor,
+         "MemoryPoolType": MemoryPoolType, "BuilderFlag": BuilderFlag, "TensorIOMode": TensorIOMode,
+         "DataType": DataType, "nptype": nptype, "OnnxParser": OnnxParser, "Builder": Builder10,
+         "Runtime": Runtime10},
+    11: {"ILogger": ILogger, "Logger": Logger, "IProgressMonitor": IProgressMonitor,
+         "MemoryPoolType": MemoryPoolType, "TensorIOMode": TensorIOMode, "DataType": DataType,
+         "nptype": nptype, "OnnxParser": OnnxParser, "Builder": Builder, "Runtime": Runtime},
+}
+VERSIONS = {10: "10.3.0", 11: "11.4.0"}
 
 
-def pagelocked_empty(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-    return np.empty(shape, dtype=dtype)
-
-
-def memcpy_htod_async(dest: DeviceAllocation, src: np.ndarray, stream: Stream | None = None) -> None:
-    raw = np.ascontiguousarray(src).view(np.uint8).reshape(-1)
-    dest.data[: raw.size] = raw
-
-
-def memcpy_dtoh_async(dest: np.ndarray, src: DeviceAllocation, stream: Stream | None = None) -> None:
-    view = dest.reshape(-1).view(np.uint8)
-    view[:] = src.data[: view.size]
-
-
-class Stream:
-    _handles = itertools.count(1)
-
-    def __init__(self, flags: int = 0) -> None:
-        self.handle = next(Stream._handles)
-        self.synchronized = 0
-
-    def synchronize(self) -> None:
-        self.synchronized += 1
-
-
-class Context:
-    depth = 0  # pushes minus pops: the backend must leave it balanced
-
-    def push(self) -> None:
-        Context.depth += 1
-
-    def pop(self) -> None:
-        Context.depth -= 1
-
-
-class Device:
-    def __init__(self, number: int) -> None:
-        self.number = number
-
-    @staticmethod
-    def count() -> int:
-        return 1
-
-    def name(self) -> str:
-        return "Fake GPU H100"
-
-    def compute_capability(self) -> tuple[int, int]:
-        return (9, 0)
-
-    def retain_primary_context(self) -> Context:
-        return Context()
-
-
-def init(flags: int = 0) -> None:
-    return None
-
-
-def modules(version: str = "10.3.0") -> dict[str, types.ModuleType]:
-    """sys.modules entries for `tensorrt`, `pycuda` and `pycuda.driver`."""
+def modules(version: str = VERSIONS[10]) -> dict[str, types.ModuleType]:
+    """sys.modules entries for `tensorrt` (the given version's names), `pycuda`, `pycuda.driver`."""
     trt = types.ModuleType("tensorrt")
-    for name in ("Logger", "MemoryPoolType", "BuilderFlag", "TensorIOMode", "DataType", "nptype",
-                 "OnnxParser", "Builder", "Runtime"):
-        setattr(trt, name, globals()[name])
+    for name, value in TENSORRT_NAMES[int(version.split(".")[0])].items():
+        setattr(trt, name, value)
     trt.__version__ = version
-    driver = types.ModuleType("pycuda.driver")
-    for name in ("mem_alloc", "pagelocked_empty", "memcpy_htod_async", "memcpy_dtoh_async",
-                 "Stream", "Device", "Context", "init"):
-        setattr(driver, name, globals()[name])
+    driver = fakecuda.module()
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = driver  # type: ignore[attr-defined]
     return {"tensorrt": trt, "pycuda": pycuda, "pycuda.driver": driver}

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +20,17 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from detserve.config import Settings
-from detserve_launcher.supervisor import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "test-admin-token"
+
+
+def free_port() -> int:
+    """The launcher's own, imported when called: the launcher pulls in Celery and SQLAlchemy,
+    which the gpu tests (run where only CUDA and the model stack are installed) never need."""
+    from detserve_launcher.supervisor import free_port as launcher_free_port
+
+    return launcher_free_port()
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
@@ -97,6 +105,20 @@ def start_component(settings: Settings, name: str, *args: str) -> Proc:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     return Proc(name, detserve_cmd(*args), child_env(settings), logs / f"{name}.log").start()
+
+
+@contextmanager
+def heartbeat(settings: Settings, flavor: str, worker: str, now: float | None = None) -> Iterator[None]:
+    """A worker's heartbeat that is gone again when the block ends, whatever happens in it (a
+    beat left behind would make the flavor look available to every later test)."""
+    from detserve.monitoring import heartbeats
+
+    client = redis.Redis.from_url(settings.redis_url)
+    heartbeats.beat(client, flavor, worker, now=now)
+    try:
+        yield
+    finally:
+        heartbeats.forget(client, flavor, worker)
 
 
 def wait_heartbeat(settings: Settings, role: str, proc: Proc, timeout: float = 60.0) -> None:
@@ -191,6 +213,22 @@ def blobs_image(blobs: list[tuple[str, int, int, int, int]], width: int = 320, h
     return buf.getvalue()
 
 
+def stored_for_exif(display: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels a camera stores for what a person sees, per the EXIF (TIFF 6.0) definition of
+    each orientation: where the stored row 0 and column 0 lie in the displayed picture. Written
+    with numpy, independently of PIL's transpose table."""
+    return {
+        1: lambda d: d,                        # row 0 top, column 0 left
+        2: lambda d: d[:, ::-1],               # row 0 top, column 0 right
+        3: lambda d: d[::-1, ::-1],            # row 0 bottom, column 0 right
+        4: lambda d: d[::-1, :],               # row 0 bottom, column 0 left
+        5: lambda d: d.transpose(1, 0, 2),     # row 0 left, column 0 top
+        6: lambda d: np.rot90(d, 1),           # row 0 right, column 0 top
+        7: lambda d: d[::-1, ::-1].transpose(1, 0, 2),  # row 0 right, column 0 bottom
+        8: lambda d: np.rot90(d, -1),          # row 0 left, column 0 bottom
+    }[orientation](display)
+
+
 def redis_alive(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
@@ -198,9 +236,10 @@ def redis_alive(url: str) -> bool:
         return False
 
 
-def dynamic_batch_model(nc: int = 3, anchors: int = 4) -> bytes:
+def dynamic_batch_model(nc: int = 3, anchors: int = 4, batch: int | str = "N") -> bytes:
     """A yolo-v8-layout model with a dynamic batch: [N,3,64,64] -> [N, 4+nc, anchors]; each
-    image's class scores are its mean colour per 32x32 quadrant, so outputs differ per image."""
+    image's class scores are its mean colour per 32x32 quadrant, so outputs differ per image.
+    An integer `batch` fixes it (1: the static batch of a default Ultralytics export)."""
     boxes = np.zeros((1, 4, anchors), dtype=np.float32)
     for i in range(anchors):
         boxes[0, :, i] = [16 + 32 * (i % 2), 16 + 32 * (i // 2), 30, 30]
@@ -213,8 +252,8 @@ def dynamic_batch_model(nc: int = 3, anchors: int = 4) -> bytes:
         helper.make_node("Concat", ["batched_boxes", "scores"], ["output0"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "dynamic", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 64, 64])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["N", 4 + nc, anchors])],
+        nodes, "dynamic", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + nc, anchors])],
         initializer=[numpy_helper.from_array(np.asarray([0, nc, anchors], dtype=np.int64), "shape"),
                      numpy_helper.from_array(np.asarray([1, 2], dtype=np.int64), "axes"),
                      numpy_helper.from_array(np.zeros((), np.float32), "zero"),

@@ -32,6 +32,7 @@ class Settings:
     max_image_bytes: int = 20 * MB
     max_image_pixels: int = 50_000_000
     predict_timeout: float = 30.0
+    body_timeout: float = 30.0  # a request body that stalls this long (seconds) ends in 408
     result_ttl: int = 3600
     worker_concurrency: int = field(default_factory=lambda: os.cpu_count() or 2)
     ort_threads: int = 1
@@ -40,8 +41,8 @@ class Settings:
     trt_profile: str = "1,8,32"  # min,opt,max batch of the engine when the ONNX batch is dynamic
     trt_workspace_mb: int = 1024
     batch_window_ms: float = 4.0
+    shm_dir: str = ""  # a tmpfs directory the API and every worker share (lane/shm.py); "" = none
     access_log: bool = False  # one gunicorn line per request; monitoring already counts them
-    shm_dir: str = ""  # a tmpfs directory the API and workers of one machine share (handoff.py)
     prices: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRICES))
 
     @classmethod

@@ -39,13 +39,6 @@ class DetserveError(Exception):
         self.message = message
         self.fields = {k: list(v) for k, v in (fields or {}).items()}
 
-    def to_dict(self) -> dict[str, object]:
-        """The contract's error body."""
-        body: dict[str, object] = {"code": self.code, "message": self.message}
-        if self.fields:
-            body["fields"] = self.fields
-        return {"error": body}
-
 
 class ValidationFailed(DetserveError):
     status_code = 400

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -139,5 +140,11 @@ def test_console_deploy_predict_stop(page, client, tmp_path):
     # stop: the row goes Stopped
     row.locator(".stop-btn").click()
     row.locator(".status", has_text="Stopped").wait_for(timeout=30_000)
+    # the monitoring panel counts the console's own prediction (it refreshes every 1.5 s, and the
+    # counts are written just after each answer)
+    page.wait_for_function(
+        "parseInt(document.querySelector('#monitoring-summary').textContent, 10) > 0", timeout=30_000)
     monitoring = page.locator("#monitoring-summary").inner_text()
-    assert "requests" in monitoring
+    counted = re.match(r"(\d+) requests, (\d+) failures; latency p50 ([\d.]+) ms", monitoring)
+    assert counted, monitoring
+    assert int(counted.group(1)) >= 1 and float(counted.group(3)) > 0

@@ -69,3 +69,55 @@ def test_model_that_cannot_load_fails_with_its_error(client):
     assert "NoSuchDetector" in failed["error"]
     events = client.get(f"/v1/services/{created.json['id']}/events", headers=AUTH).json["events"]
     assert events[-1]["reason"] == "deploy_failed"
+
+
+def test_delete_stops_and_removes_a_service(client):
+    # given a Running service
+    svc = running_service(client, "deleted", build_blob_detector().SerializeToString())
+    sid = svc["id"]
+    image = blobs_image([("red", 10, 10, 60, 60)])
+    assert predict(client, sid, image).status_code == 200
+    # when it is deleted
+    resp = client.delete(f"/v1/services/{sid}", headers=AUTH)
+    assert resp.status_code == 204
+    # then it is gone everywhere: get, events, the list, predictions (its key opens nothing)
+    assert client.get(f"/v1/services/{sid}", headers=AUTH).status_code == 404
+    assert client.get(f"/v1/services/{sid}/events", headers=AUTH).status_code == 404
+    assert sid not in {s["id"] for s in client.get("/v1/services", headers=AUTH).json["services"]}
+    assert predict(client, sid, image).status_code == 404
+    assert predict(client, sid, image, headers={"X-Service-Key": svc["key"]}).status_code == 401
+    # a second delete finds nothing, and the version it used can now be deleted
+    assert client.delete(f"/v1/services/{sid}", headers=AUTH).status_code == 404
+    assert client.delete("/v1/models/deleted/versions/1", headers=AUTH).status_code == 204
+
+
+def test_start_up_recovery_redeploys_running_services_and_keeps_their_arming(tmp_path_factory, redis_base):
+    # given a stack of its own (recovery touches every service) with a Running, armed service
+    from api_helpers import get_service
+    from conftest import Stack, make_settings
+    from detserve.service import deployments
+
+    stack = Stack(make_settings(tmp_path_factory.mktemp("recovery"), redis_base))
+    try:
+        client = stack.app.test_client()
+        svc = running_service(client, "recovered", build_blob_detector().SerializeToString(),
+                              auto_stop={"enabled": True, "hours": 2})
+        sid = svc["id"]
+        before = get_service(client, sid)
+        stopped = running_service(client, "left-stopped", build_blob_detector().SerializeToString())
+        client.post(f"/v1/services/{stopped['id']}/stop", headers=AUTH)
+        # when detserve comes back up and recovers (what `detserve up` runs at start)
+        redeployed = deployments.recover(stack.app.extensions["detserve"]["runtime"])
+        # then the Running service is deployed again on a worker, armed as it was; the Stopped one
+        # stays Stopped
+        assert redeployed == [sid]
+        after = wait_status(client, sid, "Running")
+        assert after["auto_stop"]["stop_at"] == before["auto_stop"]["stop_at"]
+        steps = [(e["from"], e["to"], e["reason"]) for e in
+                 client.get(f"/v1/services/{sid}/events", headers=AUTH).json["events"]]
+        assert steps[-2:] == [("Running", "Deploying", "restart"), ("Deploying", "Running", "deployed")]
+        assert get_service(client, stopped["id"])["status"] == "Stopped"
+        resp = predict(client, sid, blobs_image([("blue", 10, 10, 60, 60)]))
+        assert resp.status_code == 200 and set(resp.json["detection_classes"]) == {"blue"}
+    finally:
+        stack.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from detserve.monitoring import counters as monitoring
 
@@ -23,10 +24,18 @@ def test_summed_counts_are_exact(stack):
     assert (panel["requests"], panel["failures"]) == (5, 1)
     assert [m["requests"] for m in panel["series"][-2:]] == [1, 4]
     assert panel["latency_ms"]["p50"] == 20.0 and panel["latency_ms"]["p99"] == 9000.0
-    text = monitoring.prometheus(r)
-    assert f'detserve_requests_total{{service="{sid}"}} 5' in text
-    assert f'detserve_failures_total{{service="{sid}"}} 1' in text
-    assert f'detserve_request_latency_seconds_bucket{{service="{sid}",le="0.005"}} 1' in text
-    assert f'detserve_request_latency_seconds_bucket{{service="{sid}",le="0.025"}} 3' in text
-    assert f'detserve_request_latency_seconds_bucket{{service="{sid}",le="10"}} 5' in text
-    assert f'detserve_inference_seconds_count{{service="{sid}"}} 4' in text
+    samples_of = _samples(monitoring.prometheus(r, lambda: {sid}))
+    assert samples_of[("detserve_requests_total", sid, None)] == 5
+    assert samples_of[("detserve_failures_total", sid, None)] == 1
+    assert samples_of[("detserve_request_latency_seconds_bucket", sid, "0.005")] == 1
+    assert samples_of[("detserve_request_latency_seconds_bucket", sid, "0.025")] == 3
+    assert samples_of[("detserve_request_latency_seconds_bucket", sid, "10")] == 5
+    assert samples_of[("detserve_request_latency_seconds_count", sid, None)] == 5
+    assert samples_of[("detserve_inference_seconds_count", sid, None)] == 4
+    # and a service that no longer exists is left out
+    assert all(key[1] != sid for key in _samples(monitoring.prometheus(r, lambda: {"other"})))
+
+
+def _samples(text: bytes) -> dict[tuple[str, str, str | None], float]:
+    return {(s.name, s.labels["service"], s.labels.get("le")): s.value
+            for family in text_string_to_metric_families(text.decode()) for s in family.samples}

@@ -10,9 +10,10 @@ import zipfile
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from api_helpers import AUTH, deploy, upload
+from api_helpers import AUTH, deploy, predict, upload, wait_status
 from conftest import as_config
 from detserve.service.demo import build_blob_detector
+from support import blobs_image
 
 DEMO = build_blob_detector().SerializeToString()
 
@@ -157,9 +158,22 @@ def test_external_data_inside_the_package_is_inlined(client):
     weight.data_location = TensorProto.EXTERNAL
     weight.ClearField("raw_data")
     weight.external_data.add(key="location", value="weights.bin")
+    weight.external_data.add(key="offset", value="7")  # after a header of the file's own
+    weight.external_data.add(key="length", value=str(len(blob)))
     resp = upload(client, "external-ok", _zip({"model.onnx": model.SerializeToString(),
-                                               "weights.bin": blob}), filename="m.zip")
+                                               "weights.bin": b"header!" + blob + b"trailer"}),
+                  filename="m.zip")
     assert resp.status_code == 201, resp.json
+    # and the model deploys and answers as the one whose weights were inline
+    created = deploy(client, "external-ok", resp.json["version"], auto_stop={"enabled": False, "hours": 1})
+    assert created.status_code == 202, created.json
+    wait_status(client, created.json["id"], "Running")
+    image = blobs_image([("green", 100, 100, 160, 160)])
+    body = predict(client, created.json["id"], image).json
+    assert set(body["detection_classes"]) == {"green"}
+    y0, x0, y1, x1 = body["detection_boxes"][0]
+    assert 100 <= (x0 + x1) / 2 <= 160 and 100 <= (y0 + y1) / 2 <= 160
+    client.post(f"/v1/services/{created.json['id']}/stop", headers=AUTH)
 
 
 def test_decoder_mismatch_is_refused_at_upload(client):

@@ -10,19 +10,16 @@ from PIL import Image
 
 from detserve.errors import ImageTooLarge, InvalidImage
 from detserve.processing.image import decode, header_size, inspect, sniff
-from support import image_bytes
+from support import image_bytes, stored_for_exif
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
 
 
 def display_and_stored(orientation: int) -> tuple[np.ndarray, bytes]:
-    """A display image with a red square top-left, stored rotated with that EXIF orientation."""
+    """A display image with a red square top-left, stored turned with that EXIF orientation."""
     display = np.full((120, 200, 3), 60, dtype=np.uint8)
     display[10:40, 20:60] = (240, 10, 10)
-    img = Image.fromarray(display)
-    inverse = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
-               8: Image.Transpose.ROTATE_270}[orientation]
-    stored = img.transpose(inverse)
+    stored = Image.fromarray(np.ascontiguousarray(stored_for_exif(display, orientation)))
     exif = Image.Exif()
     exif[0x0112] = orientation
     buf = io.BytesIO()
@@ -30,15 +27,45 @@ def display_and_stored(orientation: int) -> tuple[np.ndarray, bytes]:
     return display, buf.getvalue()
 
 
-@pytest.mark.parametrize("orientation", [3, 6, 8])
+@pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied(orientation):
+    # every orientation, the transposing mirrors 5 and 7 included, comes back as the person sees it
     display, data = display_and_stored(orientation)
     decoded = decode(data, **LIMITS)
     assert (decoded.width, decoded.height) == (200, 120)
     assert decoded.pixels.shape == (120, 200, 3)
     red = decoded.pixels[..., 0] > 180
     ys, xs = np.nonzero(red)
-    assert (ys.min(), xs.min()) == pytest.approx((10, 20), abs=2)
+    assert (ys.min(), xs.min(), ys.max(), xs.max()) == pytest.approx((10, 20, 39, 59), abs=2)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_pixels_become_white(mode):
+    # a picture that is half see-through: the left half fully transparent, the right half opaque
+    # dark red; the see-through part shows as white (what a browser shows), never as black
+    rgba = np.zeros((20, 40, 4), dtype=np.uint8)
+    rgba[:, 20:] = (120, 0, 0, 255)
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        img = img.convert("LA")
+    elif mode == "P":
+        img = img.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+        img.info["transparency"] = img.getpixel((0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **({"transparency": img.info["transparency"]} if mode == "P" else {}))
+    px = decode(buf.getvalue(), **LIMITS).pixels.astype(int)
+    assert (px[:, :20] == 255).all()
+    opaque = (36, 36, 36) if mode == "LA" else (120, 0, 0)  # LA: the grey of dark red
+    assert np.abs(px[:, 20:] - opaque).max() <= 2
+
+
+def test_half_transparent_pixels_are_blended_onto_white():
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[...] = (0, 0, 0, 128)  # black at half opacity over white is mid grey
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    px = decode(buf.getvalue(), **LIMITS).pixels.astype(int)
+    assert np.abs(px - 127).max() <= 1
 
 
 @pytest.mark.parametrize("mode,fmt,extra", [

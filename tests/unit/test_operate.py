@@ -1,12 +1,16 @@
-"""Pure parts of operating a service: log windows, the stopping-soon rule, usage series and
-their Prometheus text."""
+"""Parts of operating a service: log windows, the stopping-soon rule, usage series and their
+Prometheus metrics."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
 
+from conftest import claim_redis_db
 from detserve.errors import ValidationFailed
 from detserve.monitoring import usage
 from detserve.service import idle
@@ -80,14 +84,17 @@ def test_usage_series_is_cpu_percent_and_skips_a_restart():
     assert len(usage.series(many)) <= usage.MAX_POINTS and usage.series(many)[-1]["at"] == 999
 
 
-def test_prometheus_text_keeps_each_metric_together():
-    text = usage.prometheus_text([
-        ("detserve_worker_resident_memory_bytes", {"worker": "a"}, 1.0),
-        ("detserve_worker_cpu_seconds_total", {"worker": "a"}, 2.0),
-        ("detserve_worker_resident_memory_bytes", {"worker": "b"}, 3.0)])
-    lines = text.splitlines()
-    assert lines == ["# TYPE detserve_worker_cpu_seconds_total counter",
-                     'detserve_worker_cpu_seconds_total{worker="a"} 2',
-                     "# TYPE detserve_worker_resident_memory_bytes gauge",
-                     'detserve_worker_resident_memory_bytes{worker="a"} 1',
-                     'detserve_worker_resident_memory_bytes{worker="b"} 3']
+def test_usage_metrics_through_prometheus_client(redis_base):
+    client = redis.Redis.from_url(f"{redis_base}/{claim_redis_db(redis_base)}")
+    client.flushdb()
+    figures = {"worker": "w1", "flavor": "cpu", "at": time.time(), "cpu_seconds": 2.5,
+               "rss_bytes": 1000, "models": {"7": {"bytes": 300, "device_bytes": 0}}, "gpu": None}
+    usage.report(client, figures, period=5.0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(usage.UsageMetrics(client))
+    text = generate_latest(registry).decode()
+    assert 'detserve_worker_cpu_seconds_total{flavor="cpu",worker="w1"} 2.5' in text
+    assert 'detserve_worker_resident_memory_bytes{flavor="cpu",worker="w1"} 1000.0' in text
+    assert 'detserve_model_memory_bytes{flavor="cpu",version_id="7",worker="w1"} 300.0' in text
+    assert "# TYPE detserve_worker_cpu_seconds_total counter" in text
+    assert "detserve_model_device_memory_bytes" not in text

@@ -152,3 +152,59 @@ def test_the_hot_read_sees_every_committed_change_at_once(store):
     assert store.first(HOT_QUERY, {"id": "nope"}) is None
     # values written into a one-off statement count as much as bound parameters
     assert store.first(select(Service.status).where(Service.id == sid)).status == status.RUNNING
+
+
+def test_a_change_committed_between_the_read_and_the_update_wins(store):
+    # given a Running service, and a second writer that moves it Running -> Stopping after this
+    # transition read "Running" and before it writes. On PostgreSQL that writer is another
+    # session that commits (READ COMMITTED lets it); on SQLite BEGIN IMMEDIATE keeps a second
+    # session out, so the write is made on the transition's own connection right after its read
+    from sqlalchemy import event, update
+
+    sid = add_service(store, status.RUNNING)
+    sqlite = store.engine.dialect.name == "sqlite"
+    done = []
+
+    def other_writer(conn, cursor, statement, params, context, executemany):
+        if done or not statement.lstrip().upper().startswith("SELECT") or "services.status" not in statement:
+            return
+        done.append(True)
+        if sqlite:
+            other = cursor.connection.cursor()  # the SELECT's own cursor still holds its row
+            other.execute("UPDATE services SET status = ? WHERE id = ?", (status.STOPPING, sid))
+            other.close()
+        else:
+            with store.engine.connect() as session_b, session_b.begin():
+                session_b.execute(update(Service).where(Service.id == sid).values(status=status.STOPPING))
+
+    event.listen(store.engine, "after_cursor_execute", other_writer)
+    try:
+        # when this transition, which read Running, tries to move it to Failed
+        with pytest.raises(StaleTransition):
+            status.transition(store, sid, status.RUNNING, status.FAILED, reason="late")
+    finally:
+        event.remove(store.engine, "after_cursor_execute", other_writer)
+    # then it loses and writes nothing: the other writer's change stands (on SQLite it shared the
+    # loser's transaction, so it rolled back with it)
+    assert done == [True]
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).status == (status.RUNNING if sqlite else status.STOPPING)
+        assert session.scalars(select(ServiceEvent).where(ServiceEvent.service_id == sid)).all() == []
+
+
+def test_a_short_run_accrues_its_own_time_and_a_stop_before_the_start_none(store):
+    # a service that runs a moment is billed that moment, not a rounded-up second
+    sid = add_service(store)
+    status.transition(store, sid, status.DEPLOYING, status.RUNNING, reason="deployed")
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="user")
+    with store.session(readonly=True) as session:
+        assert 0.0 <= session.get(Service, sid).running_seconds < 0.5
+    # an auto stop whose time lies before the run began (re-armed, then redeployed) adds nothing
+    status.transition(store, sid, status.STOPPING, status.STOPPED, reason="user")
+    status.transition(store, sid, status.STOPPED, status.RUNNING, reason="deployed")
+    with store.session(readonly=True) as session:
+        before = session.get(Service, sid).running_seconds
+    status.transition(store, sid, status.RUNNING, status.STOPPING, reason="auto_stop",
+                      billing_until=utcnow() - timedelta(seconds=30))
+    with store.session(readonly=True) as session:
+        assert session.get(Service, sid).running_seconds == before

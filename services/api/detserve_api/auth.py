@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hmac
-import time
 from typing import Any
 
 from flask import Flask, g, request
@@ -35,12 +34,7 @@ SECURITY_SCHEMES = {
 
 
 def register(app: Flask) -> None:
-    app.before_request(_mark_start)
     app.before_request(check_request)
-
-
-def _mark_start() -> None:
-    g.request_started = time.perf_counter()
 
 
 def check_request() -> None:

@@ -9,7 +9,7 @@ from celery import Celery
 from flask import current_app
 
 from detserve.config import Settings
-from detserve.lane import synclane
+from detserve.lane.client import LaneClient
 from detserve.monitoring import counters as monitoring
 from detserve.monitoring import heartbeats
 from detserve.service.deployments import Runtime
@@ -35,8 +35,8 @@ def monitor() -> monitoring.Recorder:
     return _ext()["monitor"]  # type: ignore[no-any-return]
 
 
-def lanes() -> synclane.LaneClient:
-    return _ext()["lanes"]  # type: ignore[no-any-return]
+def lane() -> LaneClient:
+    return _ext()["lane"]  # type: ignore[no-any-return]
 
 
 def admin_token() -> str:

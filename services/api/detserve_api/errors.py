@@ -1,63 +1,89 @@
-"""One JSON error shape for everything the API can fail with."""
+"""One JSON error shape for everything the API can fail with, rendered in one place (render).
+
+The body is the contract's `{"error": {"code", "message", "fields"?}}` plus the request's id
+(`"request_id"`), so a caller can quote it and an operator find the log lines.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+import redis
+from flask import Flask, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
 
 from detserve.errors import DetserveError
 
 log = logging.getLogger("detserve.api")
 
+REQUEST_ID = "detserve.request_id"  # the WSGI environ key the entrance keeps the id under
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-          405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-          415: "unsupported_media_type", 422: "validation_error", 500: "internal_error",
-          503: "unavailable", 504: "timeout"}
+          405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+          413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
+          500: "internal_error", 503: "unavailable", 504: "timeout"}
 
 
-def error_response(status: int, code: str, message: str,
-                   fields: dict[str, list[str]] | None = None) -> tuple[Response, int]:
+def render(status: int, code: str, message: str, *, request_id: str = "",
+           fields: dict[str, list[str]] | None = None) -> Response:
+    """The one error renderer (the Flask handlers and the entrance both answer with it)."""
     body: dict[str, Any] = {"code": code, "message": message}
     if fields:
         body["fields"] = fields
-    return jsonify({"error": body}), status
+    if request_id:
+        body["request_id"] = request_id
+    return Response(json.dumps({"error": body}), status=status, mimetype="application/json")
 
 
-def response_for(exc: Exception) -> tuple[Response, int]:
+def response_for(exc: Exception, request_id: str = "") -> Response:
     """A DetserveError as its documented error; anything else as a logged internal_error."""
     if isinstance(exc, DetserveError):
-        return error_response(exc.status_code, exc.code, exc.message, exc.fields or None)
-    log.error("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
+        return render(exc.status_code, exc.code, exc.message, request_id=request_id,
+                      fields=exc.fields or None)
+    if isinstance(exc, redis.RedisError):  # ours, not the caller's: it may pass
+        log.warning("Redis unavailable (request %s): %s", request_id or "-", exc)
+        return render(503, "unavailable", "the broker (Redis) cannot be reached; try again "
+                      "later", request_id=request_id)
+    log.error("unhandled error (request %s)", request_id or "-", exc_info=exc)
+    return render(500, "internal_error", "an unexpected error occurred; it was logged",
+                  request_id=request_id)
 
 
 def register_error_handlers(app: Flask) -> None:
     """DetserveError, HTTP errors (404, 405, 413, schema errors as 400) and crashes, all as JSON."""
-    app.register_error_handler(DetserveError, response_for)
 
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> tuple[Response, int]:
-        status = exc.code or 500
-        data = getattr(exc, "data", None) or {}
-        if status == 422 or "messages" in data:
-            fields = _flatten(data.get("messages", {}))
-            names = ", ".join(sorted(fields)) or "the request"
-            detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(fields.items()))
-            return error_response(400, "validation_error", f"invalid {names} ({detail})", fields)
-        if status == 400 and "JSON" in (exc.description or ""):
-            return error_response(400, "invalid_json", "the body is not valid JSON; send a JSON "
-                                  "object with Content-Type: application/json")
-        message = exc.description or exc.name
-        if status == 405:
-            message = f"{exc.name}: this route does not accept that method"
-        if status == 413:
-            message = "the upload is larger than this server accepts"
-        return error_response(status, _CODES.get(status, "error"), message)
 
-    app.register_error_handler(Exception, response_for)
+    def _any(exc: Exception) -> Response:
+        request_id = request.environ.get(REQUEST_ID, "")
+        if isinstance(exc, HTTPException):
+            status, code, message, fields = _http(exc)
+            return render(status, code, message, request_id=request_id, fields=fields)
+        return response_for(exc, request_id)
+
+    # HTTPException too, by name: flask-smorest registers its own handler for it
+    for kind in (HTTPException, Exception):
+        app.register_error_handler(kind, _any)
+
+
+def _http(exc: HTTPException) -> tuple[int, str, str, dict[str, list[str]] | None]:
+    status = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    if status == 422 or "messages" in data:
+        fields = _flatten(data.get("messages", {}))
+        names = ", ".join(sorted(fields)) or "the request"
+        detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in sorted(fields.items()))
+        return 400, "validation_error", f"invalid {names} ({detail})", fields
+    if status == 400 and "JSON" in (exc.description or ""):
+        return 400, "invalid_json", ("the body is not valid JSON; send a JSON object with "
+                                     "Content-Type: application/json"), None
+    message = exc.description or exc.name
+    if status == 405:
+        message = f"{exc.name}: this route does not accept that method"
+    if status == 413:
+        message = "the upload is larger than this route accepts"
+    return status, _CODES.get(status, "error"), message, None
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:

@@ -38,10 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+KEEPALIVE_SECONDS = 75  # as nginx's keepalive_timeout
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
+    if getattr(args, "concurrency", None):  # what sizes the worker's per-thread TensorRT contexts
+        os.environ["DETSERVE_WORKER_CONCURRENCY"] = str(args.concurrency)
     settings = Settings.from_env()
     if args.command == "up":
         from detserve_launcher.supervisor import run_up
@@ -69,11 +74,12 @@ def component_command(args: argparse.Namespace, settings: Settings) -> list[str]
         tmp = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
         # an access line per prediction costs the request path a quarter of a millisecond
         access = ["--access-logfile", "-"] if settings.access_log else []
-        # gthread, but a kept-alive connection's next request wakes one thread instead of three
-        worker = "detserve_api.httpworker.LingeringThreadWorker"
         return [py, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers",
-                str(args.workers), "--worker-class", worker, "--threads", str(args.threads),
+                str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
                 "--timeout", str(int(settings.predict_timeout) + 30), "--graceful-timeout", "10",
+                # clients that call in a loop keep their connection (gunicorn's 2 s default is
+                # for behind a proxy); an idle one waits in the poller, not in a thread
+                "--keep-alive", str(KEEPALIVE_SECONDS),
                 *tmp, *access, "detserve_api:create_app()"]
     if args.command == "worker":
         if args.flavor == "gpu":

@@ -1,5 +1,6 @@
-"""TensorRTBackend: an engine built from the version's ONNX file (TensorRT 10 API), cached in the
-artifact store, run by tensor name on a CUDA stream with pycuda device and pinned host buffers.
+"""TensorRTBackend: an engine built from the version's ONNX file (TensorRT 10 or 11), cached in the
+artifact store, run by tensor name through a pool of execution contexts, each with its own CUDA
+stream and pycuda pinned and device buffers.
 
 Only the GPU worker imports this module; the CPU image never does (see the guard below).
 """
@@ -7,133 +8,55 @@ Only the GPU worker imports this module; the CPU image never does (see the guard
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from detserve.errors import MissingDependencyError, ModelLoadError
+from detserve.service import progress
 
 try:
     import pycuda.driver as cuda
     import tensorrt as trt
 except ImportError as exc:  # pragma: no cover - exercised where TensorRT is absent
     raise MissingDependencyError(
-        "the GPU worker needs TensorRT 10 and pycuda: pip install 'detserve[gpu]' on a machine "
-        f"with an NVIDIA GPU and CUDA ({exc})"
+        "the GPU worker needs TensorRT 10 or 11 and pycuda: pip install 'detserve[gpu]' on a "
+        f"machine with an NVIDIA GPU and CUDA ({exc})"
     ) from exc
+
+from detserve_worker_gpu.contexts import ContextPool, current_context, pool_size
+from detserve_worker_gpu.engines import (
+    MAJOR,
+    Profile,
+    build_engine,
+    device_memory_bytes,
+    engine_key,
+    graph_precision,
+)
 
 log = logging.getLogger("detserve.inference.worker.gpu")
 ENGINE_KIND = "engines"
-
-
-@dataclass(frozen=True)
-class Profile:
-    min: int = 1
-    opt: int = 8
-    max: int = 32
-
-    @classmethod
-    def parse(cls, text: str) -> Profile:
-        lo, opt, hi = (int(v) for v in text.split(","))
-        if not 1 <= lo <= opt <= hi:
-            raise ValueError(f"batch profile {text!r} must be min <= opt <= max, all >= 1")
-        return cls(lo, opt, hi)
-
-
-class _CudaContext:
-    """One CUDA context per process, made on first use (so after any fork), pushed per call."""
-
-    _lock = threading.Lock()
-    _by_pid: dict[int, Any] = {}
-
-    @classmethod
-    def get(cls) -> Any:
-        with cls._lock:
-            pid = os.getpid()
-            if pid not in cls._by_pid:
-                cuda.init()
-                cls._by_pid[pid] = cuda.Device(0).retain_primary_context()
-            return cls._by_pid[pid]
-
-
-@contextmanager
-def current_context() -> Any:
-    ctx = _CudaContext.get()
-    ctx.push()
-    try:
-        yield ctx
-    finally:
-        ctx.pop()
-
-
-def gpu_identity() -> tuple[str, str]:
-    """The GPU's model name and compute capability, e.g. ("NVIDIA H100", "9.0")."""
-    device = cuda.Device(0)
-    major, minor = device.compute_capability()
-    return device.name(), f"{major}.{minor}"
-
-
-def engine_key(onnx_sha256: str, precision: str, profile: Profile | None) -> str:
-    """Everything an engine depends on: a change to any of them builds a new one."""
-    gpu, capability = gpu_identity()
-    parts = {"onnx": onnx_sha256, "tensorrt": trt.__version__, "gpu": gpu,
-             "compute_capability": capability, "precision": precision,
-             "profile": [profile.min, profile.opt, profile.max] if profile else None}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
-def build_engine(onnx_bytes: bytes, precision: str, profile: Profile | None,
-                 workspace_bytes: int) -> tuple[bytes, str]:
-    """Parse the ONNX file and build a serialized engine; returns it and the precision used.
-
-    Raises:
-        ModelLoadError: with the parser's own messages when the model does not parse or build.
-    """
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ModelLoadError(f"TensorRT could not parse the ONNX model: {errors}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    used = "fp32"
-    if precision == "fp16" and builder.platform_has_fast_fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-        used = "fp16"
-    tensor = network.get_input(0)
-    if profile is not None:
-        opt_profile = builder.create_optimization_profile()
-        rest = tuple(tensor.shape)[1:]
-        opt_profile.set_shape(tensor.name, (profile.min, *rest), (profile.opt, *rest),
-                              (profile.max, *rest))
-        config.add_optimization_profile(opt_profile)
-    log.info("building a TensorRT engine (%s, batch profile %s); this can take minutes", used, profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ModelLoadError("TensorRT could not build an engine for this model (see the worker log)")
-    return bytes(serialized), used
+PRECISION_KIND = "engineprecision"  # beside each cached engine: the precision it was built with
+__all__ = ["ENGINE_KIND", "MAJOR", "Profile", "TensorRTBackend", "engine_key"]
 
 
 class TensorRTBackend:
-    """A deserialized engine, one execution context, a stream, and reusable buffers."""
+    """A deserialized engine and its pool of execution contexts; safe to call from many threads."""
 
-    def __init__(self, engine: Any, input_name: str, outputs: list[str], max_batch: int) -> None:
+    def __init__(self, engine: Any, input_name: str, outputs: list[str], max_batch: int, *,
+                 concurrency: int = 1, precision: str = "fp32") -> None:
         self.engine = engine
         self.input_name = input_name
         self.outputs = outputs
         self.max_batch = max_batch
+        self.precision = precision
         with current_context():
-            self.context = engine.create_execution_context()
-            self.stream = cuda.Stream()
-        self._buffers: dict[str, tuple[Any, np.ndarray]] = {}  # name -> (device, pinned host)
+            free, _ = cuda.mem_get_info()
+        # A dynamic engine has one optimization profile, which serves one context at a time; its
+        # one caller is the batcher. A static engine serves each worker thread from its own slot.
+        wanted = 1 if max_batch > 1 else concurrency
+        self.pool = ContextPool(engine, pool_size(wanted, self._context_bytes(), free))
 
     @classmethod
     def from_package(cls, onnx_bytes: bytes, spec: dict[str, Any], *, settings: Any = None,
@@ -147,18 +70,25 @@ class TensorRTBackend:
             key = engine_key(sha256 or hashlib.sha256(onnx_bytes).hexdigest(), precision, profile)
             plan = artifacts.get_derived(ENGINE_KIND, key) if artifacts else None
             if plan is None:
-                workspace = (settings.trt_workspace_mb if settings else 1024) * 1024 * 1024
-                plan, used = build_engine(onnx_bytes, precision, profile, workspace)
-                log.info("built a %s TensorRT engine (%d bytes), cached as %s", used, len(plan), key[:12])
+                plan, used = _build(onnx_bytes, precision, profile, settings)
                 if artifacts:
+                    artifacts.put_derived(PRECISION_KIND, key, used.encode())
                     artifacts.put_derived(ENGINE_KIND, key, plan)
+                log.info("built a %s TensorRT engine (%d bytes), cached as %s", used, len(plan), key[:12])
             else:
-                log.info("reusing cached TensorRT engine %s", key[:12])
+                used = _cached_precision(artifacts, key, onnx_bytes)
+                log.info("reusing cached TensorRT engine %s (%s)", key[:12], used)
             engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
         if engine is None:
             raise ModelLoadError("TensorRT could not load the cached engine; delete it to rebuild")
         return cls(engine, spec["input"]["name"], list(spec["output"]["outputs"]),
-                   profile.max if profile else 1)
+                   profile.max if profile else 1,
+                   concurrency=settings.worker_concurrency if settings else 1, precision=used)
+
+    def describe(self) -> dict[str, Any]:
+        """What was built, as the service shows it: the precision is the engine's, not the ask."""
+        return {"backend": "tensorrt", "version": trt.__version__, "precision": self.precision,
+                "max_batch": self.max_batch, "contexts": self.pool.size}
 
     @property
     def device_memory_bytes(self) -> int:
@@ -166,39 +96,59 @@ class TensorRTBackend:
         return int(self.engine.device_memory_size)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Copy in, execute on the stream, copy out; buffers grow to the largest batch seen."""
-        with current_context():
-            self.context.set_input_shape(self.input_name, tuple(batch.shape))
-            host_in = self._buffer(self.input_name, batch.shape, batch.dtype)
-            np.copyto(host_in, batch)
-            device_in, _ = self._buffers[self.input_name]
-            cuda.memcpy_htod_async(device_in, host_in, self.stream)
-            self.context.set_tensor_address(self.input_name, int(device_in))
-            hosts = []
+        """Copy in, execute, copy out on a slot of this caller's own; each tensor's dtype is the
+        engine's."""
+        with current_context(), self.pool.checkout() as slot:
+            ctx, stream = slot.context, slot.stream
+            ctx.set_input_shape(self.input_name, tuple(batch.shape))
+            device_in, host_in = slot.buffer(self.input_name, tuple(batch.shape),
+                                             self._dtype(self.input_name))
+            np.copyto(host_in, batch, casting="same_kind")
+            cuda.memcpy_htod_async(device_in, host_in, stream)
+            ctx.set_tensor_address(self.input_name, int(device_in))
+            outs = []
             for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
-                host = self._buffer(name, shape, dtype)
-                self.context.set_tensor_address(name, int(self._buffers[name][0]))
-                hosts.append(host)
-            if not self.context.execute_async_v3(self.stream.handle):
+                device, host = slot.buffer(name, tuple(ctx.get_tensor_shape(name)), self._dtype(name))
+                ctx.set_tensor_address(name, int(device))
+                outs.append((device, host))
+            if not ctx.execute_async_v3(stream.handle):
                 raise RuntimeError("TensorRT execution failed")
-            for name, host in zip(self.outputs, hosts, strict=True):
-                cuda.memcpy_dtoh_async(host, self._buffers[name][0], self.stream)
-            self.stream.synchronize()
-            return [np.array(h, copy=True) for h in hosts]
-
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A pinned host view of `shape` over a buffer pair that is reused, grown when too small."""
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        current = self._buffers.get(name)
-        if current is None or current[1].nbytes < nbytes:
-            host = cuda.pagelocked_empty(int(np.prod(shape)), dtype)
-            self._buffers[name] = (cuda.mem_alloc(max(nbytes, 1)), host)
-        return self._buffers[name][1][: int(np.prod(shape))].reshape(shape)
+            for device, host in outs:
+                cuda.memcpy_dtoh_async(host, device, stream)
+            stream.synchronize()
+            return [np.array(host, copy=True) for _, host in outs]
 
     def close(self) -> None:
         with current_context():
-            self._buffers.clear()
-            self.context = None
-            self.engine = None
+            self.pool.close()
+
+    def _dtype(self, name: str) -> np.dtype[Any]:
+        return np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+
+    def _context_bytes(self) -> int:
+        """Device memory one slot takes at the largest batch: activations plus I/O buffers."""
+        total = device_memory_bytes(self.engine)
+        for name in (self.input_name, *self.outputs):
+            dims = [self.max_batch if d < 0 else d for d in self.engine.get_tensor_shape(name)]
+            total += int(np.prod(dims)) * self._dtype(name).itemsize
+        return total
+
+
+def _build(onnx_bytes: bytes, precision: str, profile: Profile | None, settings: Any) -> tuple[bytes, str]:
+    """build_engine, its label and progress reported as the deploy's "building TensorRT engine"."""
+    reporter = progress.current()
+
+    def report(label: str, fraction: float) -> None:
+        if fraction == 0.0:
+            reporter.enter("building_engine", detail=label)
+        else:
+            reporter.advance(fraction)
+
+    workspace = (settings.trt_workspace_mb if settings else 1024) * 1024 * 1024
+    return build_engine(onnx_bytes, precision, profile, workspace, report)
+
+
+def _cached_precision(artifacts: Any, key: str, onnx_bytes: bytes) -> str:
+    """The precision a cached engine was built with, kept beside it (or the graph's, if absent)."""
+    note = artifacts.get_derived(PRECISION_KIND, key) if artifacts else None
+    return note.decode() if note else graph_precision(onnx_bytes)

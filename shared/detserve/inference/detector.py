@@ -53,6 +53,7 @@ class Detector:
         self.input: dict[str, Any] = version["input"]
         self.output: dict[str, Any] = version["output"]
         self.size = (int(self.input["size"][0]), int(self.input["size"][1]))
+        self.tensor = preprocess.TensorSpec.from_spec(self.input)
         self.limits = limits
 
     def infer(self, data: bytes) -> Detections:
@@ -62,12 +63,19 @@ class Detector:
 
     def prepare(self, data: bytes) -> Prepared:
         """Decode and pre-process one image into a batch-of-one tensor."""
-        decoded = image.decode(
+        return self.to_input(self.decode(data))
+
+    def decode(self, data: bytes) -> image.DecodedImage:
+        """The upload decoded upright, a large JPEG at no less than twice the model's size."""
+        return image.decode(
             data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels,
             target=max(self.size),
         )
+
+    def to_input(self, decoded: image.DecodedImage) -> Prepared:
+        """A decoded image resized and normalised into the model's batch-of-one tensor."""
         pixels, geometry = preprocess.resize(decoded.image, self.size, self.input["resize"])
-        return Prepared(preprocess.to_tensor(pixels, self.input), geometry, decoded)
+        return Prepared(self.tensor(pixels), geometry, decoded)
 
     def infer_batch(self, prepared: Sequence[Prepared]) -> list[list[np.ndarray]]:
         """Run several prepared images as one batch; outputs split back per image."""
@@ -90,7 +98,7 @@ class Detector:
         """One inference on a blank input so the first real request pays no lazy init."""
         h, w = self.size
         blank = np.full((h, w, 3), 114, dtype=np.uint8)
-        self.backend.infer(preprocess.to_tensor(blank, self.input))
+        self.backend.infer(self.tensor(blank))
 
     def _label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)

@@ -13,18 +13,17 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from detserve import allocator
 from detserve import tasknames as names
 from detserve.config import Settings, admin_token
 from detserve.errors import NotFound
 from detserve.inference.batching import Batcher
 from detserve.inference.detector import Detections, Detector, Limits, Prepared
-from detserve.lane import synclane
 from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
-from detserve.lane.handoff import Handoff
+from detserve.lane.consumer import LaneConsumer
 from detserve.monitoring import logs, usage
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
+from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
@@ -59,7 +58,11 @@ class ModelHost:
     def load(self, version: ModelVersion) -> Detector:
         """Fetch and verify the artifact, build the backend, warm it up, cache it."""
         before = usage.rss()
+        report = progress.current()
+        report.enter("fetching", bytes_total=version.size_bytes)
         data = self.rt.artifacts.get(version.sha256)
+        report.advance(1.0, bytes_done=len(data))
+        report.enter("loading")
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
                  version.sha256[:12], self.backend_cls.__name__)
@@ -67,6 +70,7 @@ class ModelHost:
             data, spec, threads=self.settings.ort_threads, settings=self.settings,
             artifacts=self.rt.artifacts, sha256=version.sha256)
         detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
+        report.enter("warming_up")
         detector.warm_up()
         self.memory.loaded(version.id, usage.rss() - before, backend)
         max_batch = int(getattr(backend, "max_batch", 1))
@@ -115,12 +119,22 @@ class WorkerState:
         self._pid = -1
         self._host: ModelHost | None = None
         self._redis: redis.Redis | None = None
-        # sync (lane) and async (Celery) predictions together run at most this many at once
-        self.slots = threading.BoundedSemaphore(settings.worker_concurrency)
+        self.concurrency = 0  # fixed once by start()
+        self._slots: threading.BoundedSemaphore | None = None
+
+    def start(self, concurrency: int) -> None:
+        """Fix the concurrency, once, before any task runs (worker_init): the pool's threads
+        and the lane's together run at most this many predictions at once."""
+        if self._slots is not None:
+            raise RuntimeError("the worker's concurrency is fixed once")
+        self.concurrency = concurrency
+        self._slots = threading.BoundedSemaphore(concurrency)
 
     def predict(self, version_id: int, image: bytes) -> dict[str, Any]:
         """The contract's result for one image, with the worker-side time in `inference_ms`."""
-        with self.slots:
+        if self._slots is None:
+            raise RuntimeError("WorkerState.start() runs first (at worker_init)")
+        with self._slots:
             started = time.perf_counter()
             result = self.host.detect(version_id, image).to_dict()
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -131,7 +145,8 @@ class WorkerState:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10,
+                                               socket_connect_timeout=5)
         return self._redis
 
     @property
@@ -150,32 +165,33 @@ class WorkerState:
 
 def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, flavor: str) -> WorkerState:
     """Register worker.deploy and worker.predict on `app`, running models with `backend_cls`."""
-    allocator.tune()  # before the pool and lane threads exist
     state = WorkerState(app, backend_cls, settings)
 
     @app.task(name=names.DEPLOY, ignore_result=True)
     def deploy(service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        with logs.about(service_id):
-            complete_deploy(host.rt, service_id, host.load)
+        with logs.about(service_id), progress.deploying(state.redis, service_id, host.load) as load:
+            complete_deploy(host.rt, service_id, load)
 
     @app.task(name=names.PREDICT)
     def predict(version_id: int, image_key: str) -> dict[str, Any]:
         """Detect objects in the image kept under `image_key` (async predictions)."""
         return state.predict(version_id, images.take(state.redis, image_key))
 
-    lane: dict[str, synclane.LaneConsumer] = {}
+    lane: dict[str, LaneConsumer] = {}
+
+    @signals.worker_init.connect(weak=False)
+    def _fix_concurrency(sender: Any = None, **_: Any) -> None:
+        concurrency = getattr(sender, "concurrency", None)
+        state.start(concurrency if isinstance(concurrency, int) and concurrency > 0
+                    else settings.worker_concurrency)
 
     @signals.worker_ready.connect(weak=False)
-    def _start_lane(sender: Any = None, **_: Any) -> None:
+    def _start_lane(**_: Any) -> None:
         # as many lane threads as pool threads: sync and async predictions share the slots
-        threads = int(getattr(getattr(sender, "controller", None), "concurrency", None)
-                      or settings.worker_concurrency)
-        state.slots = threading.BoundedSemaphore(threads)
-        handoff = Handoff(settings.shm_dir) if settings.shm_dir else None
-        lane["consumer"] = synclane.LaneConsumer(settings.redis_url, flavor, state.predict,
-                                                 threads, handoff)
+        lane["consumer"] = LaneConsumer(settings.redis_url, flavor, state.predict,
+                                        state.concurrency, settings.shm_dir)
         lane["consumer"].start()
 
     @signals.worker_shutting_down.connect(weak=False)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
 from detserve import tasknames as names
+from detserve.service import progress
 
 UNLOAD_CHANNEL = "detserve:unload"
 
@@ -26,8 +28,13 @@ class CeleryBus:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
+        self._redis: redis.Redis | None = None
 
     def deploy(self, service_id: str, flavor: str) -> None:
+        # the deploy's progress starts before it is sent, so a fast worker's steps come after it
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.app.conf.broker_url)
+        progress.DeployProgress(self._redis, service_id).queued()
         self.app.send_task(names.DEPLOY, args=[service_id], queue=flavor)
 
     def countdown(self, service_id: str, token: str, eta: datetime) -> None:
@@ -39,6 +46,6 @@ class CeleryBus:
         AsyncResult(token, app=self.app).revoke()
 
     def unload(self, version_id: int) -> None:
-        with self.app.connection_for_write() as conn:
-            client: Any = conn.default_channel.client
+        with redis.Redis.from_url(self.app.conf.broker_url, socket_timeout=5,
+                                  socket_connect_timeout=5) as client:
             client.publish(UNLOAD_CHANNEL, json.dumps({"version_id": version_id}))

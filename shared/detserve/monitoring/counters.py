@@ -8,10 +8,19 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 from detserve.service import idle
 
@@ -164,40 +173,50 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[idx], 3)
 
 
-def prometheus(client: redis.Redis) -> str:
-    """Prometheus text exposition of every service's totals."""
-    ids = sorted(_text(x) for x in client.smembers("detserve:metrics:services"))
-    pipe = client.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hgetall(f"detserve:metrics:{sid}")
-    rows = dict(zip(ids, pipe.execute(), strict=True))
-    lines = [
-        "# HELP detserve_requests_total Prediction requests per service.",
-        "# TYPE detserve_requests_total counter",
-        *[f'detserve_requests_total{{service="{s}"}} {int(r.get(b"requests", 0))}' for s, r in rows.items()],
-        "# HELP detserve_failures_total Failed prediction requests per service.",
-        "# TYPE detserve_failures_total counter",
-        *[f'detserve_failures_total{{service="{s}"}} {int(r.get(b"failures", 0))}' for s, r in rows.items()],
-        "# HELP detserve_request_latency_seconds Prediction request latency seen by the API.",
-        "# TYPE detserve_request_latency_seconds histogram",
-    ]
-    for sid, r in rows.items():
-        cumulative = 0
-        for b in (*(str(ms) for ms in BUCKETS_MS), "inf"):
-            cumulative += int(r.get(f"le_{b}".encode(), 0))
-            le = "+Inf" if b == "inf" else f"{int(b) / 1000:g}"
-            lines.append(f'detserve_request_latency_seconds_bucket{{service="{sid}",le="{le}"}} {cumulative}')
-        lines.append(f'detserve_request_latency_seconds_sum{{service="{sid}"}} '
-                     f'{float(r.get(b"latency_sum_ms", 0)) / 1000:.6f}')
-        lines.append(f'detserve_request_latency_seconds_count{{service="{sid}"}} {cumulative}')
-    lines += ["# HELP detserve_inference_seconds Time the workers spent in the model pipeline.",
-              "# TYPE detserve_inference_seconds summary"]
-    for sid, r in rows.items():
-        lines.append(f'detserve_inference_seconds_sum{{service="{sid}"}} '
-                     f'{float(r.get(b"inference_sum_ms", 0)) / 1000:.6f}')
-        count = int(r.get(b"inference_count", 0))
-        lines.append(f'detserve_inference_seconds_count{{service="{sid}"}} {count}')
-    return "\n".join(lines) + "\n"
+class ServiceMetrics:
+    """The prediction totals of the services in `live()` (deleted ones are left out), read from
+    Redis at each scrape, as a prometheus_client collector."""
+
+    def __init__(self, client: redis.Redis, live: Callable[[], set[str]]) -> None:
+        self.client, self.live = client, live
+
+    def collect(self) -> Iterator[Metric]:
+        known = {_text(x) for x in self.client.smembers("detserve:metrics:services")}
+        ids = sorted(known & self.live())
+        pipe = self.client.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(f"detserve:metrics:{sid}")
+        rows = dict(zip(ids, pipe.execute(), strict=True))
+        requests = CounterMetricFamily("detserve_requests", "Prediction requests per service.",
+                                       labels=["service"])
+        failures = CounterMetricFamily("detserve_failures",
+                                       "Failed prediction requests per service.", labels=["service"])
+        latency = HistogramMetricFamily("detserve_request_latency_seconds",
+                                        "Prediction request latency seen by the API.",
+                                        labels=["service"])
+        inference = SummaryMetricFamily("detserve_inference_seconds",
+                                        "Time the workers spent in the model pipeline.",
+                                        labels=["service"])
+        for sid, r in rows.items():
+            requests.add_metric([sid], int(r.get(b"requests", 0)))
+            failures.add_metric([sid], int(r.get(b"failures", 0)))
+            buckets, cumulative = [], 0
+            for b in (*(str(ms) for ms in BUCKETS_MS), "inf"):
+                cumulative += int(r.get(f"le_{b}".encode(), 0))
+                buckets.append(("+Inf" if b == "inf" else f"{int(b) / 1000:g}", cumulative))
+            latency.add_metric([sid], buckets, float(r.get(b"latency_sum_ms", 0)) / 1000)
+            inference.add_metric([sid], int(r.get(b"inference_count", 0)),
+                                 float(r.get(b"inference_sum_ms", 0)) / 1000)
+        yield from (requests, failures, latency, inference)
+
+
+def prometheus(client: redis.Redis, live: Callable[[], set[str]], *more: Collector) -> bytes:
+    """Prometheus text exposition of the live services' totals, and of `more` collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServiceMetrics(client, live))
+    for collector in more:
+        registry.register(collector)
+    return generate_latest(registry)
 
 
 def _text(value: bytes | str) -> str:

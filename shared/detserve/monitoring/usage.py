@@ -16,12 +16,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
 import redis
 from celery import signals
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from detserve.config import Settings
 
@@ -205,17 +206,34 @@ def samples_for_metrics(client: redis.Redis) -> list[tuple[str, dict[str, str], 
     return out
 
 
-def prometheus_text(samples: list[tuple[str, dict[str, str], float]]) -> str:
-    """The samples in Prometheus text format (one TYPE line per metric)."""
-    lines, typed = [], set()
-    for name, labels, value in sorted(samples, key=lambda s: s[0]):  # a metric's lines together
-        if name not in typed:
-            typed.add(name)
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines.append(f"# TYPE {name} {kind}")
-        text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        lines.append(f"{name}{{{text}}} {value:g}")
-    return "\n".join(lines) + ("\n" if lines else "")
+HELP = {
+    "detserve_worker_cpu_seconds_total": "CPU seconds a worker process has used.",
+    "detserve_worker_resident_memory_bytes": "A worker process's resident memory.",
+    "detserve_model_memory_bytes": "Memory a loaded model took in a worker process (approximate).",
+    "detserve_model_device_memory_bytes": "Device memory a loaded model's engine holds.",
+    "detserve_gpu_utilization_percent": "Utilisation of a GPU worker's device.",
+    "detserve_gpu_memory_used_bytes": "Memory used on a GPU worker's device.",
+}
+
+
+class UsageMetrics:
+    """The workers' latest samples, read from Redis at each scrape, as a prometheus_client
+    collector (a name ending in _total is a counter, the rest are gauges)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        for name, labels, value in samples_for_metrics(self.client):
+            family = families.get(name)
+            if family is None:
+                names, text = sorted(labels), HELP.get(name, name)
+                family = families[name] = (
+                    CounterMetricFamily(name, text, labels=names) if name.endswith("_total")
+                    else GaugeMetricFamily(name, text, labels=names))
+            family.add_metric([labels[k] for k in sorted(labels)], value)
+        yield from families.values()
 
 
 def _text(value: Any) -> str:

@@ -1,5 +1,5 @@
 """Uploaded images wait in Redis under a short-lived key while their task is queued
-(taskmessages.publish_prediction stores them).
+(the async prediction route stores them).
 
 The task message then carries only the key: a 600 KB photo inside a Celery message is base64- and
 JSON-encoded by kombu's Redis transport on both sides (about 15 ms on our machines), while raw

@@ -46,18 +46,38 @@ def resize(image: Image.Image | np.ndarray, size: tuple[int, int],
     return np.asarray(canvas), Geometry(new_w / w, new_h / h, float(pad_x), float(pad_y))
 
 
-def to_tensor(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """HxWx3 uint8 RGB to a batch of one in the model's colour order, scale, layout and dtype."""
-    arr = pixels[..., ::-1] if spec.get("color", "RGB") == "BGR" else pixels
-    if spec.get("dtype", "float32") == "uint8":
-        out = np.ascontiguousarray(arr)
-    else:
-        out = arr.astype(np.float32) * np.float32(spec.get("scale", 1 / 255))
-        mean, std = spec.get("mean"), spec.get("std")
-        if mean and any(mean):
-            out -= np.asarray(mean, dtype=np.float32)
-        if std and any(s != 1 for s in std):
-            out /= np.asarray(std, dtype=np.float32)
-    if spec.get("layout", "NCHW") == "NCHW":
-        out = out.transpose(2, 0, 1)
-    return np.ascontiguousarray(out[None])
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model's input colour order, layout, dtype and normalisation, read once when it loads.
+
+    (x * scale - mean) / std is folded into one multiply and, where a mean is set, one subtraction.
+    """
+
+    bgr: bool
+    nchw: bool
+    as_uint8: bool
+    multiply: np.ndarray  # float32: a scalar, or one factor per channel
+    subtract: np.ndarray | None  # float32 per channel
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> TensorSpec:
+        scale = np.float32(spec.get("scale", 1 / 255))
+        mean = np.asarray(spec.get("mean") or [0.0] * 3, dtype=np.float32)
+        std = np.asarray(spec.get("std") or [1.0] * 3, dtype=np.float32)
+        return cls(bgr=spec.get("color", "RGB") == "BGR",
+                   nchw=spec.get("layout", "NCHW") == "NCHW",
+                   as_uint8=spec.get("dtype", "float32") == "uint8",
+                   multiply=np.asarray(scale if np.all(std == 1) else scale / std, dtype=np.float32),
+                   subtract=mean / std if np.any(mean) else None)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """HxWx3 uint8 RGB to a batch of one in the model's input format."""
+        out = pixels[..., ::-1] if self.bgr else pixels
+        if not self.as_uint8:
+            out = out.astype(np.float32)  # then in place: a cast inside the multiply is slower
+            out *= self.multiply
+            if self.subtract is not None:
+                out -= self.subtract
+        if self.nchw:
+            out = out.transpose(2, 0, 1)
+        return np.ascontiguousarray(out[None])

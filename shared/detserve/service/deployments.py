@@ -85,8 +85,11 @@ def start(rt: Runtime, service_id: str, reason: str = "user") -> Service:
     service = get_service(rt, service_id)
     if service.status in status.ACTIVE:
         return service
-    status.transition(rt.store, service_id, status.STARTABLE, status.DEPLOYING, reason=reason,
-                      error=None, stop_at=None, stop_token=None)
+    try:
+        status.transition(rt.store, service_id, status.STARTABLE, status.DEPLOYING, reason=reason,
+                          error=None, stop_at=None, stop_token=None)
+    except StaleTransition:
+        return get_service(rt, service_id)  # a start at the same moment won: this one is a no-op
     rt.bus.deploy(service_id, service.flavor)
     log.info("queued for a %s worker", service.flavor, extra={"service_id": service_id})
     return get_service(rt, service_id)

@@ -157,12 +157,15 @@ def _meta_labels(meta: dict[str, str]) -> list[str]:
     if not raw:
         return []
     try:
-        names = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        names = json.loads(raw) if raw.startswith(("{", "[")) else []
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names, key=int)]
-    return [str(n) for n in names]
+        try:
+            names = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            names = json.loads(raw) if raw.startswith(("{", "[")) else []
+        if isinstance(names, dict):
+            return [str(names[k]) for k in sorted(names, key=int)]
+        return [str(n) for n in names]
+    except (ValueError, TypeError):  # names cut short or of another shape: number the classes
+        return []
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,11 +29,6 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = self.engine.execution_options(detserve_readonly=True)
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
-        file = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
-        self._sqlite_file = file if file and not file.startswith(":memory:") else None
-        self._local = threading.local()
-        self._statements: OrderedDict[int, tuple[Any, Any, tuple[str, ...], Any]] = OrderedDict()
-        self._lock = threading.Lock()
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -46,40 +38,10 @@ class Store:
             yield session
 
     def first(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
-        """One row of a read-only Core statement over plain columns (the hot path: every
-        prediction's auth check), without an ORM session.
-
-        On SQLite it is one autocommit SELECT on this thread's own connection: SQLAlchemy's
-        BEGIN, connection checkout, result processing and ROLLBACK cost ten times the query
-        itself. Columns come back as the driver gives them, so select strings and integers.
-        """
-        path = self._sqlite_file
-        if path is None:
-            with self._read_engine.connect() as conn:
-                return conn.execute(statement, params or {}).first()
-        compiled, names, row_type = self._compiled(statement)
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA query_only=ON")
-        bound = compiled.construct_params(params or {})  # with the values written in the statement
-        row = db.execute(compiled.string, tuple(bound[n] for n in names)).fetchone()
-        return None if row is None else row_type(*row)
-
-    def _compiled(self, statement: Any) -> tuple[Any, tuple[str, ...], Any]:
-        with self._lock:
-            hit = self._statements.get(id(statement))
-            if hit is not None and hit[0] is statement:
-                self._statements.move_to_end(id(statement))
-                return hit[1:]
-        compiled = statement.compile(dialect=self.engine.dialect)
-        row_type = namedtuple("Row", [c.key for c in statement.selected_columns])  # type: ignore[misc]
-        hit = (statement, compiled, tuple(compiled.positiontup or ()), row_type)
-        with self._lock:
-            self._statements[id(statement)] = hit  # holding the statement keeps its id unique
-            while len(self._statements) > 64:  # module-level queries stay; one-off ones go
-                self._statements.popitem(last=False)
-        return hit[1:]
+        """One row of a read-only Core statement (the auth check of every prediction), without
+        an ORM session; None when there is none."""
+        with self._read_engine.connect() as conn:
+            return conn.execute(statement, params or {}).first()
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""

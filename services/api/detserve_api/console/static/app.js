@@ -218,6 +218,37 @@ function autoStopText(svc) {
   return `in ${duration((new Date(svc.auto_stop.stop_at) - Date.now()) / 1000)}`;
 }
 
+// A deploy's step and progress, as the service JSON gives them (issue 16: deploy progress).
+function setBar(bar, svc) {
+  bar.setAttribute("aria-valuenow", String(svc.progress));
+  bar.classList.toggle("failed", Boolean(svc.phase && svc.phase.failed));
+  bar.querySelector(".bar-fill").style.width = `${svc.progress}%`;
+}
+
+function progressBar(svc) {
+  const bar = el("div", { className: "bar" }, el("div", { className: "bar-fill" }));
+  bar.setAttribute("role", "progressbar");
+  bar.setAttribute("aria-valuemin", "0");
+  bar.setAttribute("aria-valuemax", "100");
+  setBar(bar, svc);
+  bar.title = phaseText(svc);
+  return bar;
+}
+
+function phaseText(svc) {
+  const p = svc.phase;
+  if (!p) return "";
+  let text = p.label + (p.detail ? ` (${p.detail})` : "");
+  if (p.bytes_total) text += `: ${formatBytes(p.bytes_done || 0)} of ${formatBytes(p.bytes_total)}`;
+  text += p.failed ? " failed" : `, ${svc.progress}% · ${duration(p.elapsed_seconds)} in this step`;
+  return text;
+}
+
+function engineText(engine) {
+  return `TensorRT ${engine.version} engine: ${engine.precision}, batch up to ${engine.max_batch}, ` +
+    `${engine.contexts} execution context${engine.contexts === 1 ? "" : "s"}`;
+}
+
 async function loadServices() {
   const { services } = await api("/v1/services");
   state.services = services;
@@ -237,7 +268,8 @@ async function loadServices() {
       el("td", { textContent: svc.name }),
       el("td", { textContent: `${svc.model} v${svc.version}` }),
       el("td", { textContent: svc.flavor.toUpperCase() }),
-      el("td", {}, el("span", { className: `status ${svc.status}`, textContent: svc.status, title: svc.error || "" })),
+      el("td", {}, el("span", { className: `status ${svc.status}`, textContent: svc.status, title: svc.error || "" }),
+        ...(svc.status === "Deploying" && svc.progress !== null ? [progressBar(svc)] : [])),
       el("td", { className: "time-left", textContent: autoStopText(svc) }),
       el("td", { textContent: duration(svc.running_seconds) }),
       el("td", { textContent: svc.cost.toFixed(4) }),
@@ -280,6 +312,14 @@ async function loadDetail() {
   const badge = $("#detail-status");
   badge.textContent = svc.status + (svc.error ? `: ${svc.error}` : "");
   badge.className = `status ${svc.status}`;
+  const deploying = svc.phase !== null && (svc.status === "Deploying" || svc.phase.failed);
+  $("#deploy-progress").hidden = !deploying;
+  if (deploying) {
+    setBar($("#deploy-progress .bar"), svc);
+    $("#deploy-phase").textContent = phaseText(svc);
+  }
+  $("#detail-engine").hidden = !svc.engine;
+  if (svc.engine) $("#detail-engine").textContent = engineText(svc.engine);
   $("#predict-btn").disabled = svc.status !== "Running";
   $("#predict-btn").title = svc.status === "Running" ? "" : "The service must be Running to predict";
   renderSnippets(svc);

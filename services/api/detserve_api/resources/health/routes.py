@@ -9,10 +9,13 @@ from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select
 
 from detserve.errors import Unavailable
 from detserve.monitoring import counters as monitoring
 from detserve.monitoring import usage
+from detserve.store import Service
 from detserve_api import context
 
 blp = Blueprint("health", __name__, url_prefix="", description="Health and metrics")
@@ -52,7 +55,12 @@ class Ready(MethodView):
 class Metrics(MethodView):
     @blp.response(200)
     def get(self) -> Response:
-        """Prometheus text format."""
+        """Prometheus text format: services' totals (deleted ones left out), workers' usage."""
         client = context.redis_client()
-        text = monitoring.prometheus(client) + usage.prometheus_text(usage.samples_for_metrics(client))
-        return Response(text, mimetype="text/plain; version=0.0.4")
+        return Response(monitoring.prometheus(client, _live_services, usage.UsageMetrics(client)),
+                        mimetype=CONTENT_TYPE_LATEST)
+
+
+def _live_services() -> set[str]:
+    with context.runtime().store.session(readonly=True) as session:
+        return set(session.scalars(select(Service.id)))

@@ -1,19 +1,33 @@
-"""Predictions: synchronous, asynchronous by task id, and the task's result."""
+"""Predictions: synchronous, asynchronous by task id, and the task's result.
+
+A sync prediction, from the socket to the model and back:
+1. entrance.Entrance: request id, arrival time, the body's deadline;
+2. entrance.check_body: the route's body limit against the announced length (413);
+3. auth.check_request: the key or admin token, and the service's row (401/403/404);
+4. _check_running below: the service is Running (409), still before the body is read;
+5. Predict.post: the upload read by werkzeug, its header checked (400/413), then
+   sync.predict -> detserve.lane.client: a frame on the flavor's Redis lane, the answer on a
+   reply key; a worker's detserve.lane.consumer runs the model (inference.worker.WorkerState);
+6. _record: Server-Timing and the service's monitoring counts.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery.result import AsyncResult
-from flask import Response, after_this_request, current_app, g, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from detserve import tasknames as names
 from detserve.errors import DetserveError
-from detserve.lane import taskmessages
 from detserve.processing import headers as images
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
+from detserve_api.entrance import STARTED
+from detserve_api.errors import REQUEST_ID
 from detserve_api.resources.predictions import sync
 from detserve_api.resources.predictions.schemas import (
     PredictionSchema,
@@ -27,11 +41,28 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["images"],
     "properties": {"images": {"type": "string", "format": "binary",
                               "description": "one JPG, JPEG, BMP or PNG image"}}}}}}
+WITH_IMAGE = {"predictions.Predict", "predictions.Submit"}
 
 
-def _checked_image(service: Any) -> bytes:
-    """The upload, once the service is Running and the image's header is acceptable."""
-    sync.check_running(service)
+@blp.before_request
+def _check_running() -> None:
+    if request.endpoint in WITH_IMAGE:
+        g.timings = sync.Timings(request.environ.get(STARTED, 0.0))
+        sync.check_running(g.service)
+
+
+@blp.after_request
+def _record(response: Response) -> Response:
+    timings: sync.Timings | None = g.get("timings")
+    if request.endpoint == "predictions.Predict" and timings is not None:
+        response.headers["Server-Timing"] = timings.server_timing()
+        context.monitor().record(g.service.id, timings.elapsed_ms(),
+                                 response.status_code == 200, timings.inference_ms)
+    return response
+
+
+def _checked_image() -> bytes:
+    """The upload, once its header is acceptable."""
     data = image_upload(request)
     sync.check_image(data, context.settings())
     return data
@@ -42,23 +73,9 @@ class Predict(MethodView):
     @blp.doc(requestBody=IMAGE_BODY)
     @blp.response(200, PredictionSchema)
     def post(self, service_id: str) -> Response:
-        """Detect objects in one image and wait for the answer.
-
-        Served by the fast path (detserve_api/fastpath.py) unless the request is unusual; both
-        run the same steps (resources/predictions/sync.py).
-        """
-        timings = sync.Timings(g.request_started)
-        image = _checked_image(g.service)
-
-        @after_this_request
-        def _count(response: Response) -> Response:
-            response.headers["Server-Timing"] = timings.server_timing()
-            context.monitor().record(service_id, timings.elapsed_ms(), response.status_code == 200,
-                                     timings.inference_ms)
-            return response
-
-        body = sync.predict(context.lanes(), g.service, image, context.settings().predict_timeout,
-                            timings)
+        """Detect objects in one image and wait for the answer."""
+        body = sync.predict(context.lane(), g.service, _checked_image(), g.timings,
+                            request.environ.get(REQUEST_ID, ""))
         return current_app.response_class(body, mimetype="application/json")
 
 
@@ -68,11 +85,14 @@ class Submit(MethodView):
     @blp.response(202, TaskCreatedSchema)
     def post(self, service_id: str) -> dict[str, str]:
         """Queue a prediction and answer at once with its task id."""
-        task_id = taskmessages.publish_prediction(
-            context.redis_client(), g.service.flavor, g.service.version_id,
-            _checked_image(g.service), images.KEEP_SECONDS)
-        context.redis_client().set(TASK_KEY.format(task_id=task_id), service_id,
-                                   ex=context.settings().result_ttl)
+        image, task_id = _checked_image(), str(uuid.uuid4())
+        image_key = f"detserve:image:{task_id}"  # the task carries the key, not the bytes
+        pipe = context.redis_client().pipeline(transaction=False)
+        pipe.set(image_key, image, ex=images.KEEP_SECONDS)
+        pipe.set(TASK_KEY.format(task_id=task_id), service_id, ex=context.settings().result_ttl)
+        pipe.execute()
+        context.celery().send_task(names.PREDICT, args=[g.service.version_id, image_key],
+                                   queue=g.service.flavor, task_id=task_id)
         return {"task_id": task_id}
 
 

@@ -1,5 +1,5 @@
-"""What a synchronous prediction does, once: shared by the Flask view and the fast path
-(detserve_api/fastpath.py), so both answer exactly alike."""
+"""The steps of a prediction request that are not HTTP: the service's status, the image's check,
+the round trip to a worker over the sync lane, and where the time went."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detserve.config import Settings
-from detserve.errors import PredictionTimeout, ServiceNotRunning
-from detserve.lane import replies, synclane
+from detserve.errors import ServiceNotRunning
+from detserve.lane.client import LaneClient
 from detserve.processing.image import inspect
 from detserve.service.status import RUNNING
 
@@ -47,21 +47,20 @@ class Timings:
         return (time.perf_counter() - self.started) * 1000
 
 
-def predict(lanes: synclane.LaneClient, service: Any, image: bytes, timeout: float,
-            timings: Timings) -> bytes:
-    """The result's JSON from a worker of the service's flavor, over its sync lane (not a Celery
+def predict(lane: LaneClient, service: Any, image: bytes, timings: Timings,
+            request_id: str = "") -> bytes:
+    """The result's JSON from a worker of the service's flavor, over the sync lane (not a Celery
     task: nothing but this caller wants the answer).
 
     Raises:
-        PredictionTimeout: no answer within `timeout` s.
+        PredictionTimeout: no answer within the timeout (504).
+        Unavailable: the lane's Redis cannot be reached (503).
         RemoteError: the worker's error, with its code and status.
     """
     timings.sent = time.perf_counter()
-    answer = lanes.call(service.flavor, service.version_id, service.id, image, timeout)
-    timings.done = time.perf_counter()
-    if answer is None:
-        raise PredictionTimeout(f"no answer from a {service.flavor} worker within {timeout:g} s")
-    if answer.error is not None:
-        raise replies.RemoteError(answer.error["code"], answer.error["message"], answer.status)
+    try:
+        answer = lane.call(service.flavor, service.version_id, service.id, image, request_id)
+    finally:
+        timings.done = time.perf_counter()
     timings.inference_ms = answer.inference_ms
     return answer.body  # already in the documented shape: passed on as the worker wrote it

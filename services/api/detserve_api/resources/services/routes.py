@@ -11,7 +11,7 @@ from sqlalchemy import select
 from detserve.errors import FlavorUnavailable
 from detserve.monitoring import counters as monitoring
 from detserve.monitoring import usage
-from detserve.service import deployments, idle, versions
+from detserve.service import deployments, idle, progress, versions
 from detserve.service.status import ACTIVE, STOPPED
 from detserve.store import Service
 from detserve_api import context
@@ -35,7 +35,9 @@ blp = Blueprint("services", __name__, url_prefix="/v1/services", description="Re
 
 
 def _view(service_id: str) -> dict[str, Any]:
-    return service_view(deployments.get_service(context.runtime(), service_id), context.settings())
+    service = deployments.get_service(context.runtime(), service_id)
+    return service_view(service, context.settings(),
+                        progress.read(context.redis_client(), service_id))
 
 
 @blp.route("")
@@ -53,7 +55,7 @@ class Services(MethodView):
             )
         service, key = deployments.create_service(rt, version, args["flavor"], args["name"],
                                                   args["auto_stop"])
-        return {**service_view(service, context.settings()), "key": key}
+        return {**_view(service.id), "key": key}
 
     @blp.response(200, ServiceListSchema)
     def get(self) -> dict[str, Any]:
@@ -61,7 +63,8 @@ class Services(MethodView):
         with context.runtime().store.session(readonly=True) as session:
             rows = session.scalars(select(Service).order_by(Service.created_at.desc())).all()
         settings = context.settings()
-        return {"services": [service_view(s, settings) for s in rows]}
+        records = progress.read_many(context.redis_client(), [s.id for s in rows])
+        return {"services": [service_view(s, settings, records.get(s.id)) for s in rows]}
 
 
 @blp.route("/<string:service_id>")

@@ -49,6 +49,36 @@ class AutoStopSchema(Schema):
         "description": "the nearer of stop_at and idle_stop_at"})
 
 
+class PhaseSchema(Schema):
+    name = fields.String(metadata={"description": "queued, fetching, loading, building_engine, "
+                                                  "warming_up or ready"})
+    label = fields.String(metadata={"description": "the step in words, e.g. building TensorRT engine"})
+    detail = fields.String(allow_none=True, metadata={
+        "description": "e.g. the engine's precision and batch profile: fp16, batch 1/8/32"})
+    started_at = fields.String()
+    elapsed_seconds = fields.Float()
+    failed = fields.Boolean(metadata={"description": "this step failed; `error` says why"})
+    bytes_done = fields.Integer(allow_none=True, metadata={"description": "fetching: bytes fetched"})
+    bytes_total = fields.Integer(allow_none=True, metadata={"description": "fetching: artifact size"})
+
+
+class DeployStepSchema(Schema):
+    name = fields.String()
+    label = fields.String()
+    detail = fields.String(allow_none=True)
+    at = fields.String()
+    progress = fields.Integer()
+    failed = fields.Boolean()
+
+
+class EngineSchema(Schema):
+    backend = fields.String(metadata={"description": "tensorrt"})
+    version = fields.String(metadata={"description": "TensorRT's version"})
+    precision = fields.String(metadata={"description": "fp16 or fp32: what was built, not asked"})
+    max_batch = fields.Integer()
+    contexts = fields.Integer(metadata={"description": "execution contexts that can run at once"})
+
+
 class ServiceSchema(Schema):
     id = fields.String()
     name = fields.String()
@@ -66,6 +96,14 @@ class ServiceSchema(Schema):
     stopping_soon = fields.Boolean(metadata={
         "description": "a stop (fixed or idle) is less than 10 minutes away"})
     predict_url = fields.String()
+    progress = fields.Integer(allow_none=True, metadata={
+        "description": "how far the last deploy got, 0-100 (100: Running); null when unknown"})
+    phase = fields.Nested(PhaseSchema, allow_none=True, metadata={
+        "description": "the deploy's current step (or the failed one); null when unknown"})
+    deploy_steps = fields.List(fields.Nested(DeployStepSchema), metadata={
+        "description": "the last deploy's steps so far, in order"})
+    engine = fields.Nested(EngineSchema, allow_none=True, metadata={
+        "description": "the engine a GPU worker built or reused (null on CPU)"})
     key = fields.String(metadata={"description": "only in the answer to deploy and key rotation"})
 
 

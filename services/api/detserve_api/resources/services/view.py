@@ -8,7 +8,7 @@ from typing import Any
 from flask import url_for
 
 from detserve.config import Settings
-from detserve.service import idle
+from detserve.service import idle, progress
 from detserve.service.status import RUNNING
 from detserve.store import Service, utcnow
 from detserve_api import context
@@ -26,7 +26,9 @@ def running_seconds(service: Service) -> float:
     return total
 
 
-def service_view(service: Service, settings: Settings) -> dict[str, Any]:
+def service_view(service: Service, settings: Settings,
+                 deploy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The contract's service, with the progress of its deploy from `deploy` (its Redis record)."""
     seconds = running_seconds(service)
     price = settings.prices.get(service.flavor, 0.0)
     # Cost counts in the user's hours, so a shrunk hour (tests) shrinks the bill the same way.
@@ -45,6 +47,7 @@ def service_view(service: Service, settings: Settings) -> dict[str, Any]:
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
         "predict_url": url_for("predictions.Predict", service_id=service.id, _external=True),
+        **progress.view(deploy, service.status),
     }
 
 

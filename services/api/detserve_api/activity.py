@@ -1,16 +1,17 @@
-"""Every answer's X-Request-Id, a log line about each change made to a service, and the Warning
-header on predictions while the service's stop is near.
+"""What a request means for its service: log lines about it carry the service and the request id
+(the one entrance.Entrance gave it), each change made to a service is logged, an async prediction
+counts as activity for the idle auto stop, and a prediction answered while the service's stop is
+near carries a Warning header.
 
-A WSGI middleware around the whole app (the fast path included), so each of these is written
-once. While a request runs, log records concern its service and request id (monitoring/logs.py),
-whichever module writes them; the sync lane carries the id on to the worker.
+A WSGI middleware inside the Entrance (so the request id is set), around the Flask app, so each
+of these is written once. While a request runs, log records concern its service and request id
+(monitoring/logs.py) whichever module writes them; the sync lane's frame carries the id on to the
+worker.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import re
 import threading
 import time
@@ -22,38 +23,13 @@ from flask import Flask
 from detserve.monitoring import logs
 from detserve.service import idle
 from detserve.store import Service
+from detserve_api.errors import REQUEST_ID
 
 log = logging.getLogger("detserve.api")
 
-ENVIRON_KEY = "detserve.request_id"
 SERVICE_PATH = re.compile(r"/v1/services/([^/]+)(?:/([a-z]+))?\Z")
-VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 PREDICTIONS = ("predict", "predictions")
-# a random prefix per process and a counter: unique ids without a urandom call per request
-class _Ids:
-    prefix, counter = os.urandom(8).hex(), itertools.count(1)
-
-    @classmethod
-    def next(cls) -> str:
-        return f"{cls.prefix}{next(cls.counter):08x}"
-
-
-def _reseed() -> None:
-    _Ids.prefix, _Ids.counter = os.urandom(8).hex(), itertools.count(1)
-
-
-os.register_at_fork(after_in_child=_reseed)  # gunicorn's workers must not share a prefix
 StartResponse = Callable[..., Any]
-
-
-def request_id(environ: dict[str, Any]) -> str:
-    """The request's id: one set earlier, else the caller's X-Request-Id if sane, else new."""
-    rid = environ.get(ENVIRON_KEY)
-    if not rid:
-        given = environ.get("HTTP_X_REQUEST_ID", "")
-        rid = given if VALID_ID.match(given) else _Ids.next()
-        environ[ENVIRON_KEY] = rid
-    return str(rid)
 
 
 class Warnings:
@@ -79,15 +55,15 @@ class Warnings:
         return idle.warning(hit[1], self.hour) if hit[1] is not None else None
 
 
-class Tracing:
-    """Wraps the app's wsgi_app: app.wsgi_app = Tracing(app, app.wsgi_app)."""
+class Activity:
+    """Wraps the app's wsgi_app, inside the Entrance: Entrance(Activity(app, app.wsgi_app), ...)."""
 
     def __init__(self, app: Flask, wsgi: Callable[..., Iterable[bytes]]) -> None:
         self.wsgi, self.warnings = wsgi, Warnings(app)
         self.redis = app.extensions["detserve"]["redis"]
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        rid = request_id(environ)
+        rid = str(environ.get(REQUEST_ID) or "")
         match = SERVICE_PATH.match(environ.get("PATH_INFO", ""))
         service_id, action = (match.group(1), match.group(2)) if match else (None, None)
         seen: dict[str, str] = {}
@@ -95,15 +71,13 @@ class Tracing:
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             seen["status"] = status
-            headers = [h for h in headers if h[0].lower() != "x-request-id"]
-            headers.append(("X-Request-Id", rid))
             if service_id and action in PREDICTIONS and status.startswith("2"):
                 warning = self.warnings.header(service_id)
                 if warning:
                     headers.append(("Warning", warning))
             return start_response(status, headers, exc_info)
 
-        with logs.about(service_id, rid):
+        with logs.about(service_id, rid or None):
             body = self.wsgi(environ, start)
             method = environ.get("REQUEST_METHOD", "GET")
             if service_id and method not in ("GET", "HEAD", "OPTIONS"):
