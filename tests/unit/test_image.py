@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import attack_images
 from detserve.errors import ImageTooLarge, InvalidImage
-from detserve.processing.image import decode, header_size, inspect, sniff
+from detserve.processing.image import decode, inspect, sniff
 from support import image_bytes, stored_for_exif
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 50_000_000}
@@ -122,8 +123,7 @@ def test_the_header_reader_agrees_with_pil(data):
     fmt = sniff(data)
     assert fmt is not None
     with Image.open(io.BytesIO(data)) as img:
-        assert header_size(fmt, data) == img.size
-    assert inspect(data, **LIMITS) == (fmt, *img.size)
+        assert inspect(data, **LIMITS) == (fmt, *img.size)
 
 
 def test_byte_limit():
@@ -148,3 +148,50 @@ def test_large_jpeg_decodes_at_reduced_scale_with_true_geometry():
     decoded = decode(big, **LIMITS, target=320)
     assert (decoded.width, decoded.height) == (4000, 3000)
     assert decoded.pixels.shape[1] < 4000 and decoded.scale == pytest.approx(4000 / decoded.pixels.shape[1])
+
+
+# ---- headers that lie (issue 12): the limits apply to what the decoder would decode ------------
+
+SMALL_LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 1_000_000}
+
+
+@pytest.mark.parametrize("name", sorted(attack_images.corpus(2000)))
+def test_lying_headers_are_refused_before_any_pixel_is_decoded(name):
+    data = attack_images.corpus(2000)[name]
+    for check in (inspect, decode):
+        with pytest.raises((InvalidImage, ImageTooLarge)) as exc:
+            check(data, **SMALL_LIMITS)
+        assert exc.value.status_code in {400, 413}
+        assert "0x" not in exc.value.message  # no object addresses or other internals
+
+
+def test_a_second_ihdr_is_the_size_that_counts():
+    data = attack_images.png_two_ihdr(1, 2000)  # 1x1 by its first header, 4 MP decoded
+    with pytest.raises(ImageTooLarge, match="limit of 1000000"):
+        inspect(data, **SMALL_LIMITS)
+
+
+@pytest.mark.parametrize("big", [8000, 12000])  # under and over Pillow's own error (2x its limit)
+def test_pillows_bomb_check_answers_at_our_limit_as_413(big):
+    data = attack_images.jpeg_declaring(big, big)
+    with pytest.raises(ImageTooLarge, match="limit"):
+        inspect(data, **LIMITS)
+    with pytest.raises(ImageTooLarge, match="limit"):
+        decode(data, **LIMITS)
+
+
+def test_pillows_bomb_limit_is_ours():
+    inspect(image_bytes(10, 10), max_bytes=10**6, max_pixels=12_345)
+    assert Image.MAX_IMAGE_PIXELS == 12_345
+
+
+def test_an_ihdr_after_the_pixels_changes_nothing():
+    data = attack_images.png_ihdr_after_idat(3, 2000)
+    assert inspect(data, **SMALL_LIMITS) == ("PNG", 3, 3)
+    assert decode(data, **SMALL_LIMITS).pixels.shape == (3, 3, 3)
+
+
+def test_a_top_down_bmp_within_the_limit_still_decodes():
+    data = attack_images.bmp_declaring(8, -8)
+    assert inspect(data, **SMALL_LIMITS) == ("BMP", 8, 8)
+    assert decode(data, **SMALL_LIMITS).pixels.shape == (8, 8, 3)
