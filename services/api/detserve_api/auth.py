@@ -55,9 +55,21 @@ def is_admin(authorization: str, admin_token: str) -> bool:
     if not authorization:
         return False
     scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), admin_token):
+    sent = wire_bytes(token.strip())
+    # bytes, not str: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
+    if scheme.lower() != "bearer" or sent is None or not hmac.compare_digest(
+            sent, admin_token.encode()):
         raise Unauthorized("the bearer token is not the admin token")
     return True
+
+
+def wire_bytes(value: str) -> bytes | None:
+    """A header value's bytes as they came over the wire (WSGI decodes headers as latin-1);
+    None for text that no HTTP header can carry."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
 
 
 def _check_service_access() -> None:
@@ -80,6 +92,8 @@ def service_access(store: Store, service_id: str | None, admin: bool, key: str,
     """
     if not admin and not key:
         raise Unauthorized("send the service's key in X-Service-Key, or the admin token")
+    if not admin and not key.isascii():  # keys are ASCII: this one is no key (and hashes oddly)
+        raise Unauthorized("the service key is not valid: keys are ASCII text")
     service = store.first(HOT_QUERY, {"id": service_id}) if service_id else None  # one query
     if not admin:
         digest = hash_key(key)
