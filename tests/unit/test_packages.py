@@ -224,15 +224,24 @@ def test_the_layout_is_read_from_where_the_three_channels_are():
     ("{0: 'cat', 1: 'dog', 2: 'eel'}", ["cat", "dog", "eel"]),  # as Ultralytics writes them
     ('["cat", "dog", "eel"]', ["cat", "dog", "eel"]),
     ('{"0": "cat", "1": "dog", "2": "eel"}', ["cat", "dog", "eel"]),
-    ("cat, dog, eel", ["0", "1", "2"]),  # unreadable: the classes are numbered
-    ("{0: 'cat', 1: 'dog'", ["0", "1", "2"]),  # cut short (was an uncaught JSONDecodeError: a 500)
-    ("{'a': 'cat'}", ["0", "1", "2"]),  # keys that are not class numbers
-    ("7", ["0", "1", "2"]),
-    ("", ["0", "1", "2"]),
+    ("", ["0", "1", "2"]),  # none: the classes are numbered
 ])
 def test_labels_from_the_metadata(names, labels):
     meta = {"names": names, "imgsz": "[64, 64]"} if names else {"imgsz": "[64, 64]"}
     assert read_package(constant_model(OUT, meta=meta), None, max_bytes=LIMIT).labels == labels
+
+
+@pytest.mark.parametrize("names", [
+    "cat, dog, eel",  # unreadable
+    "{0: 'cat', 1: 'dog'",  # cut short (was an uncaught JSONDecodeError: a 500)
+    "{'a': 'cat'}",  # keys that are not class numbers
+    "7",
+])
+def test_metadata_names_that_do_not_parse_are_refused_by_name(names):
+    # a 400 that says which metadata is wrong and how to fix it (issue 12), not labels made up
+    with pytest.raises(InvalidModel, match="'names'"):
+        read_package(constant_model(OUT, meta={"names": names, "imgsz": "[64, 64]"}), None,
+                     max_bytes=LIMIT)
 
 
 def test_config_errors_name_their_fields():

@@ -6,6 +6,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+# pixels per side of the model's input: a worker allocates height x width x 3 floats per image
+# (and at warm-up) from it, so a typo of 64000 must not reach a worker
+MAX_SIDE = 8192
+
 
 class InputSchema(Schema):
     size = fields.Raw(load_default=None)  # int or [h, w]; inferred from the ONNX input if absent
@@ -22,11 +26,11 @@ class InputSchema(Schema):
         size = data.get("size")
         if size is None:
             return
-        ok = (isinstance(size, int) and size > 0) or (
-            isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-        )
-        if not ok:
-            raise ValidationError("size is a positive integer or [height, width]", "size")
+        sides = size if isinstance(size, list) and len(size) == 2 else [size]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE
+                   for v in sides):
+            raise ValidationError(f"size is an integer 1..{MAX_SIDE} or [height, width] of such",
+                                  "size")
 
 
 class OutputSchema(Schema):

@@ -6,19 +6,22 @@ import ast
 import io
 import json
 import posixpath
+import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import onnx
 from marshmallow import ValidationError
-from onnx import external_data_helper
 
 from detserve.errors import InvalidModel, PayloadTooLarge
 from detserve.processing.postprocess import match_outputs
-from detserve.service.modelconfig import load_config
+from detserve.service import externaldata
+from detserve.service.modelconfig import MAX_SIDE, load_config
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8"}
+_MAX_META_CHARS = 1 << 20  # a class list this long is no class list; literal_eval of it is costly
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def read_package(data: bytes, config_text: str | None, *, max_bytes: int) -> Mod
         data = files["model.onnx"]
     if config_text:
         config = _json(config_text.encode(), "config")
-    model = _parse(data, files)
+    model = _parse(data, files, max_bytes)
     return _describe(model, config)
 
 
@@ -63,7 +66,7 @@ def _unzip(data: bytes, *, max_bytes: int) -> dict[str, bytes]:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         infos = archive.infolist()
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise InvalidModel(f"the zip is damaged: {exc}", fields={"model": ["bad zip"]}) from exc
     total = 0
     files: dict[str, bytes] = {}
@@ -72,12 +75,29 @@ def _unzip(data: bytes, *, max_bytes: int) -> dict[str, bytes]:
         if _escapes(name):
             raise InvalidModel(f"the zip entry {name!r} points outside the package",
                                fields={"model": ["unsafe path in zip"]})
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise InvalidModel(f"the zip entry {name!r} is a symbolic link; put the file itself "
+                               "in the zip", fields={"model": ["symbolic link in zip"]})
+        if info.flag_bits & 0x1:
+            raise InvalidModel(f"the zip entry {name!r} is encrypted; upload a zip without a "
+                               "password", fields={"model": ["encrypted zip entry"]})
         total += info.file_size
         if total > max_bytes:
             raise PayloadTooLarge(f"the zip unpacks to over {max_bytes} bytes")
         if not info.is_dir():
-            files[posixpath.normpath(name)] = archive.read(info)
+            files[posixpath.normpath(name)] = _read_entry(archive, info)
     return files
+
+
+def _read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    try:
+        return archive.read(info)
+    # zipfile reports damage as any of these (CRC, deflate stream, unknown method, short data)
+    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError,
+            OSError, ValueError) as exc:
+        raise InvalidModel(f"the zip entry {info.filename!r} is damaged or uses a compression "
+                           "this server cannot read; zip it again with the deflate or store "
+                           "method", fields={"model": ["damaged zip entry"]}) from exc
 
 
 def _escapes(name: str) -> bool:
@@ -88,48 +108,27 @@ def _escapes(name: str) -> bool:
 def _json(raw: bytes, where: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise InvalidModel(f"{where} is not valid JSON: {exc}", fields={"config": ["bad JSON"]}) from exc
     if not isinstance(value, dict):
         raise InvalidModel(f"{where} must be a JSON object", fields={"config": ["not an object"]})
     return value
 
 
-def _parse(data: bytes, files: dict[str, bytes]) -> onnx.ModelProto:
+def _parse(data: bytes, files: dict[str, bytes], max_bytes: int) -> onnx.ModelProto:
     try:
         model = onnx.load_from_string(data)
     except Exception as exc:
         raise InvalidModel(f"the file is not an ONNX model: {exc}",
                            fields={"model": ["not ONNX"]}) from exc
-    _inline_external_data(model, files)
+    externaldata.inline(model, files, max_bytes=max_bytes)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidModel(f"onnx.checker refused the model: {first}",
                            fields={"model": ["fails onnx.checker"]}) from exc
     return model
-
-
-def _inline_external_data(model: onnx.ModelProto, files: dict[str, bytes]) -> None:
-    """Pull external tensor data from inside the package into the model, refusing escapes."""
-    for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        location = info.location
-        if _escapes(location) or posixpath.normpath(location) not in files:
-            raise InvalidModel(
-                f"tensor {tensor.name!r} keeps its data at {location!r}, which is outside the "
-                "package; put the file beside model.onnx in the zip",
-                fields={"model": ["external data outside the package"]},
-            )
-        blob = files[posixpath.normpath(location)]
-        start = info.offset or 0
-        end = start + info.length if info.length else len(blob)
-        tensor.raw_data = blob[start:end]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        del tensor.external_data[:]
 
 
 def _describe(model: onnx.ModelProto, raw_config: dict[str, Any]) -> ModelPackage:
@@ -153,19 +152,45 @@ def _describe(model: onnx.ModelProto, raw_config: dict[str, Any]) -> ModelPackag
 
 
 def _meta_labels(meta: dict[str, str]) -> list[str]:
-    raw = meta.get("names")
-    if not raw:
+    names = _meta_literal(meta, "names", "a list or a {index: name} dict of class names")
+    if names is None:
         return []
     try:
-        try:
-            names = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            names = json.loads(raw) if raw.startswith(("{", "[")) else []
         if isinstance(names, dict):
             return [str(names[k]) for k in sorted(names, key=int)]
-        return [str(n) for n in names]
-    except (ValueError, TypeError):  # names cut short or of another shape: number the classes
-        return []
+        if isinstance(names, list | tuple):
+            return [str(n) for n in names]
+    except (ValueError, TypeError):
+        pass
+    raise _bad_meta("names", "a list or a {index: name} dict of class names")
+
+
+def _meta_literal(meta: dict[str, str], key: str, wanted: str) -> Any:
+    """An Ultralytics-style metadata value (a Python or JSON literal); None where absent.
+
+    Raises:
+        InvalidModel: present but neither.
+    """
+    raw = meta.get(key)
+    if not raw:
+        return None
+    if len(raw) > _MAX_META_CHARS:
+        raise _bad_meta(key, wanted)
+    try:
+        return ast.literal_eval(raw)
+    # what literal_eval raises for text that is no literal, or one nested past its limits
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _bad_meta(key, wanted) from None
+
+
+def _bad_meta(key: str, wanted: str) -> InvalidModel:
+    return InvalidModel(f"the ONNX metadata {key!r} should be {wanted} (as Ultralytics writes "
+                        "it); fix it, or give the same in the config (model.json or 'config')",
+                        fields={"model": [f"bad metadata {key!r}"]})
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -204,11 +229,15 @@ def _input_spec(model: onnx.ModelProto, cfg: dict[str, Any], meta: dict[str, str
 
 
 def _meta_size(meta: dict[str, str]) -> list[int] | None:
-    raw = meta.get("imgsz")
-    if not raw:
+    wanted = "a positive integer or [height, width]"
+    value = _meta_literal(meta, "imgsz", wanted)
+    if value is None:
         return None
-    value = ast.literal_eval(raw)
-    return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
+    size = [value] if isinstance(value, int) else value
+    if not isinstance(size, list | tuple) or len(size) not in (1, 2) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in size):
+        raise _bad_meta("imgsz", wanted)
+    return [int(size[0]), int(size[-1])]
 
 
 def _flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
