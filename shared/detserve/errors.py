@@ -18,12 +18,22 @@
     ├── Unavailable (503 not_ready)
     ├── PredictionTimeout (504 prediction_timeout)
     ├── ModelLoadError (500 model_load_error; becomes a service's `error`)
-    └── MissingDependencyError (500 missing_dependency)
+    ├── MissingDependencyError (500 missing_dependency)
+    └── InternalError (500 internal_error; a foreign exception as a caller sees it, by incident)
+
+What a caller reads is built by for_caller(): our own errors with foreign text scrubbed of paths,
+URLs and engine prefixes; anything else as a stable message and an incident id, whose details
+(type, text, traceback) go to the log only.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import uuid
 from collections.abc import Mapping, Sequence
+
+log = logging.getLogger("detserve.errors")
 
 
 class DetserveError(Exception):
@@ -118,3 +128,54 @@ class ModelLoadError(DetserveError):
 
 class MissingDependencyError(DetserveError):
     code = "missing_dependency"
+
+
+class InternalError(DetserveError):
+    """Something failed on our side; the caller gets the incident to quote, the log the rest."""
+
+    def __init__(self, what: str, incident: str) -> None:
+        super().__init__(f"{what} failed in the server (incident {incident}; the details are "
+                         "in the server's log, not here): try again, and quote the incident if "
+                         "it persists")
+        self.incident = incident
+
+
+_ENGINE_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+# ONNX Runtime's "<source file>:<line> <C++ signature>" before its message proper
+_SOURCE = re.compile(r"(?:/|[A-Za-z]:\\)\S+:\d+ [\w:~<>]+\([^)]*\)\s*(?:const\s*)?")
+_URL = re.compile(r"\b[a-zA-Z][\w+.-]*://\S+")
+_PATH = re.compile(r"(?<![\w/.:<-])(?:/|~/|[A-Za-z]:\\)[^\s'\",;()\[\]]+")
+MAX_SHOWN = 600  # characters of a message a caller sees
+MAX_ENGINE_WORDS = 300  # of that, characters quoted from an engine (ONNX Runtime, TensorRT, Pillow)
+
+
+def scrub(text: str, limit: int = MAX_SHOWN) -> str:
+    """Foreign text fit for a caller: no engine status prefix, source locations, file paths or
+    URLs, one line, bounded. What it names of the caller's own model or image stays."""
+    text = _SOURCE.sub("", _ENGINE_PREFIX.sub("", text))
+    text = _URL.sub("<url>", text)
+    text = _PATH.sub("<path>", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def engine_words(exc: BaseException) -> str:
+    """An engine's own account of a failure, short enough to quote inside our message."""
+    return scrub(str(exc), MAX_ENGINE_WORDS)
+
+
+def for_caller(exc: BaseException, what: str, incident: str | None = None) -> DetserveError:
+    """The error to show a caller for `exc`, raised where `what` (e.g. "the prediction") ran.
+
+    Ours keep their code, status and fields, their text scrubbed; anything else becomes an
+    InternalError with an incident id: `incident` where the log already ties one to the story
+    (a task id), else a new one, logged here with the exception's type and text.
+    """
+    if isinstance(exc, DetserveError):
+        shown = DetserveError(scrub(exc.message), fields=exc.fields)
+        shown.status_code, shown.code = exc.status_code, exc.code
+        return shown
+    if incident is None:
+        incident = uuid.uuid4().hex[:12]
+        log.error("incident %s: %s failed: %s: %s", incident, what, type(exc).__name__, exc)
+    return InternalError(what[:1].upper() + what[1:], incident)

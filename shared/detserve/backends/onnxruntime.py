@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from detserve.errors import ModelLoadError
+from detserve.errors import ModelLoadError, engine_words
 
 
 class OnnxRuntimeBackend:
@@ -35,7 +35,8 @@ class OnnxRuntimeBackend:
                 onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # ORT raises several unrelated types for a bad model
-            raise ModelLoadError(f"ONNX Runtime could not load the model: {exc}") from exc
+            raise ModelLoadError(f"ONNX Runtime could not load the model: {engine_words(exc)}; fix the model "
+                                 "(or export it again) and upload it as a new version") from exc
         return cls(session, spec["input"]["name"], list(spec["output"]["outputs"]))
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:

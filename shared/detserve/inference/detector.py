@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from detserve.backends.base import Backend
+from detserve.errors import DetserveError, ModelLoadError, engine_words
 from detserve.processing import image, postprocess, preprocess
 
 
@@ -95,10 +96,21 @@ class Detector:
         )
 
     def warm_up(self) -> None:
-        """One inference on a blank input so the first real request pays no lazy init."""
+        """One inference on a blank input so the first real request pays no lazy init.
+
+        Raises:
+            ModelLoadError: the model cannot run on an input of the size it declares.
+        """
         h, w = self.size
         blank = np.full((h, w, 3), 114, dtype=np.uint8)
-        self.backend.infer(self.tensor(blank))
+        try:
+            self.backend.infer(self.tensor(blank))
+        except DetserveError:
+            raise
+        except Exception as exc:  # each engine raises its own types; its words name the problem
+            raise ModelLoadError(f"the model failed a test inference on a blank {w}x{h} image: "
+                                 f"{engine_words(exc)}; check its input size and layout (config "
+                                 "input.size, input.layout) and upload it as a new version") from exc
 
     def _label(self, index: int) -> str:
         return self.labels[index] if 0 <= index < len(self.labels) else str(index)

@@ -23,6 +23,7 @@ from detserve.lane.consumer import LaneConsumer
 from detserve.monitoring import logs, usage
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
+from detserve.processing.image import limit_pillow
 from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
@@ -165,6 +166,7 @@ class WorkerState:
 
 def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, flavor: str) -> WorkerState:
     """Register worker.deploy and worker.predict on `app`, running models with `backend_cls`."""
+    limit_pillow(settings.max_image_pixels)
     state = WorkerState(app, backend_cls, settings)
 
     @app.task(name=names.DEPLOY, ignore_result=True)

@@ -17,6 +17,7 @@ from detserve.errors import (
     NotFound,
     StaleTransition,
     VersionNotDeployable,
+    for_caller,
 )
 from detserve.lane.bus import Bus
 from detserve.service import status
@@ -280,7 +281,9 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any) -> str:
     try:
         load(version)
     except Exception as exc:  # any failure to load is the user's to read, not a crash
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.warning("deploy of service %s (version %s) failed", service_id, version.id,
+                    exc_info=exc)  # the whole story here; the service shows what a caller may read
+        message = for_caller(exc, "loading the model").message
         try:
             status.transition(rt.store, service_id, status.DEPLOYING, status.FAILED,
                               reason="deploy_failed", error=message)

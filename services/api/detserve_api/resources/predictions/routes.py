@@ -22,7 +22,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from detserve import tasknames as names
-from detserve.errors import DetserveError
+from detserve.errors import for_caller
 from detserve.processing import headers as images
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
@@ -106,9 +106,8 @@ class Task(MethodView):
         body: dict[str, Any] = {"task_id": task_id, "status": state, "result": None, "error": None}
         if state == "SUCCESS":
             body["result"] = result.result
-        elif state == "FAILURE":
-            exc = result.result
-            body["error"] = exc.message if isinstance(exc, DetserveError) else str(exc)
+        elif state == "FAILURE":  # the worker's log has the task id beside the whole story
+            body["error"] = for_caller(result.result, "the prediction", incident=task_id).message
         elif state not in ("PENDING", "STARTED"):
             body["status"] = "PENDING"  # RECEIVED/RETRY look the same to a caller
         return body
