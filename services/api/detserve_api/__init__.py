@@ -8,7 +8,6 @@ from typing import Any
 import redis
 from celery import Celery
 from flask import Flask
-from flask_smorest import Api
 
 from detserve import __version__
 from detserve.celery_app import make_celery
@@ -23,6 +22,7 @@ from detserve.store import Store
 from detserve_api import auth, console, entrance, errors
 from detserve_api.activity import Activity
 from detserve_api.resources import register_blueprints
+from detserve_api.spec import DetserveApi
 
 REDIS_TIMEOUT_SECONDS = 5.0  # every Redis call on a request's path ends within this
 
@@ -57,7 +57,7 @@ def create_app(
         "admin_token": admin_token(settings),
     }
     app.extensions["celery"] = celery
-    api = Api(app, spec_kwargs={"info": {"description": "Deploy ONNX detection models as services"},
+    api = DetserveApi(app, spec_kwargs={"info": {"description": "Deploy ONNX detection models as services"},
                                 "components": {"securitySchemes": auth.SECURITY_SCHEMES}})
     register_blueprints(api)
     errors.register_error_handlers(app)

@@ -64,7 +64,7 @@ class Versions(MethodView):
         return {"versions": rows}
 
 
-@blp.route(f"/models/{NAME}/versions/<int:version>")
+@blp.route(f"/models/{NAME}/versions/<int(min=1, max=2147483647):version>")
 class Version(MethodView):
     @blp.response(200, VersionSchema)
     def get(self, name: str, version: int) -> ModelVersion:

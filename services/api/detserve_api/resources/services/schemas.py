@@ -25,7 +25,8 @@ class AutoStopArgsSchema(Schema):
 class DeployArgsSchema(Schema):
     name = fields.String(load_default=None, validate=validate.Length(1, 128))
     model = fields.String(required=True, validate=validate.Length(1, 128))
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(1))
+    # versions are numbered 1, 2, ...; the bound keeps a huge number a 400, not a database error
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(1, 2**31 - 1))
     flavor = fields.String(required=True, validate=validate.OneOf(FLAVORS))
     compute_nodes = fields.Integer(
         strict=True, load_default=1,
