@@ -90,8 +90,9 @@ def test_one_file_inlined_many_times_is_bounded(stack):
     m.zipped({"model.onnx": DEMO})[:-30],
     m.with_symlink({"model.onnx": m.constant_attribute("link")}, "link", "/etc/passwd"),
     m.with_symlink({"model.onnx": DEMO}, "model.json", "/etc/passwd"),
+    m.zipped({"model.onnx": DEMO, **{f"empty/{i}": b"" for i in range(5000)}}),
 ], ids=["encrypted", "unknown-method", "damaged-entry", "truncated", "symlink-as-tensor-data",
-        "symlink-as-model-json"])
+        "symlink-as-model-json", "too-many-entries"])
 def test_bad_zips_are_400(client, data):
     err = refused(client, data, "m.zip")
     assert err["code"] == "invalid_model" and "model" in err["fields"]

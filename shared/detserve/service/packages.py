@@ -21,6 +21,7 @@ from detserve.service import externaldata
 from detserve.service.modelconfig import MAX_SIDE, load_config
 
 _DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8"}
+MAX_ZIP_ENTRIES = 4096  # each is read into memory: a bound on the work, not only the bytes
 _MAX_META_CHARS = 1 << 20  # a class list this long is no class list; literal_eval of it is costly
 
 
@@ -68,6 +69,10 @@ def _unzip(data: bytes, *, max_bytes: int) -> dict[str, bytes]:
         infos = archive.infolist()
     except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise InvalidModel(f"the zip is damaged: {exc}", fields={"model": ["bad zip"]}) from exc
+    if len(infos) > MAX_ZIP_ENTRIES:
+        raise InvalidModel(f"the zip holds {len(infos)} entries; a package needs model.onnx, "
+                           f"model.json and its weight files (at most {MAX_ZIP_ENTRIES})",
+                           fields={"model": ["too many zip entries"]})
     total = 0
     files: dict[str, bytes] = {}
     for info in infos:
