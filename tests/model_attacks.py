@@ -111,6 +111,18 @@ def local_function(location: str) -> bytes:
                       functions=[function])
 
 
+def function_attribute_default(location: str) -> bytes:
+    """A model-local function whose attribute's default value is a tensor kept in a file."""
+    function = helper.make_function(
+        ATTACK_DOMAIN, "Leak", [], ["y"],
+        [helper.make_node("Constant", [], ["y"], value=numpy_helper.from_array(
+            np.zeros(4, np.float32)))],
+        [helper.make_opsetid("", 17)],
+        attribute_protos=[helper.make_attribute("weights", external("leak", location))])
+    return _demo_with(nodes=[helper.make_node("Leak", [], ["leak_out"], domain=ATTACK_DOMAIN)],
+                      functions=[function])
+
+
 PLACES = {
     "sparse-initializer-values": sparse_initializer,
     "sparse-initializer-indices": lambda loc: sparse_initializer(loc, "indices"),
@@ -119,6 +131,7 @@ PLACES = {
     "if-subgraph-initializer": if_subgraph,
     "loop-in-if-subgraph": loop_in_if_subgraph,
     "model-local-function": local_function,
+    "function-attribute-default": function_attribute_default,
 }
 
 

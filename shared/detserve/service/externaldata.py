@@ -4,14 +4,15 @@ ONNX lets a tensor keep its bytes in a file beside the model (`data_location = E
 `location`), and ONNX Runtime or TensorRT will open that path when it loads the model, relative to
 its working directory when the model came as bytes. Any tensor of the model can do this: graph
 initializers, both halves of sparse initializers, tensors in node attributes, everything in the
-subgraphs of If/Loop/Scan, in model-local functions and in training graphs. Every one of them is
-visited here, so that the model a worker loads carries all its bytes inline and points at nothing.
+subgraphs of If/Loop/Scan, in model-local functions (their attributes' defaults too) and in
+training graphs. Every one of them is visited here, so that the model a worker loads carries all
+its bytes inline and points at nothing.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import onnx
 
@@ -44,8 +45,9 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor of the model that can carry data, wherever it sits."""
     yield from _graph(model.graph)
     for function in model.functions:
+        yield from _attributes(function.attribute_proto)  # defaults of its attributes
         for node in function.node:
-            yield from _node(node)
+            yield from _attributes(node.attribute)
     for training in model.training_info:
         yield from _graph(training.initialization)
         yield from _graph(training.algorithm)
@@ -56,11 +58,11 @@ def _graph(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     for sparse in graph.sparse_initializer:
         yield from (sparse.values, sparse.indices)
     for node in graph.node:
-        yield from _node(node)
+        yield from _attributes(node.attribute)
 
 
-def _node(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    for attr in node.attribute:
+def _attributes(attributes: Iterable[onnx.AttributeProto]) -> Iterator[onnx.TensorProto]:
+    for attr in attributes:
         if attr.HasField("t"):
             yield attr.t
         yield from attr.tensors
