@@ -3,7 +3,8 @@
     DetserveError (500 internal_error)
     ├── ValidationFailed (400 validation_error, with fields)
     │   ├── InvalidModel (400 invalid_model)
-    │   └── InvalidImage (400 invalid_image)
+    │   ├── InvalidImage (400 invalid_image)
+    │   └── InvalidJson (400 invalid_json)
     ├── PayloadTooLarge (413 payload_too_large)
     │   └── ImageTooLarge (413 image_too_large)
     ├── Unauthorized (401 unauthorized)
@@ -61,6 +62,10 @@ class InvalidModel(ValidationFailed):
 
 class InvalidImage(ValidationFailed):
     code = "invalid_image"
+
+
+class InvalidJson(ValidationFailed):
+    code = "invalid_json"
 
 
 class PayloadTooLarge(DetserveError):

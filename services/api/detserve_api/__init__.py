@@ -19,7 +19,7 @@ from detserve.monitoring import logs
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime
 from detserve.store import Store
-from detserve_api import auth, console, entrance, errors
+from detserve_api import auth, console, entrance, errors, jsonbody
 from detserve_api.activity import Activity
 from detserve_api.resources import register_blueprints
 from detserve_api.spec import DetserveApi
@@ -63,6 +63,7 @@ def create_app(
     errors.register_error_handlers(app)
     entrance.register(app, settings)  # before auth: the cheapest refusal first
     auth.register(app)
+    jsonbody.register(app)  # after auth: nobody without credentials gets a body parsed
     console.register(app)
     # the Entrance outermost: the request id is set before Activity logs about the request
     app.wsgi_app = entrance.Entrance(  # type: ignore[method-assign]
