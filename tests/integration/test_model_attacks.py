@@ -10,10 +10,12 @@ import onnx
 import pytest
 
 import model_attacks as m
-from api_helpers import AUTH, upload
+from api_helpers import AUTH, deploy, upload, wait_status
 from conftest import as_config
+from detserve.service.artifacts import ArtifactStore
 from detserve.service.demo import build_blob_detector
 from detserve.service.externaldata import all_tensors
+from detserve.store import ModelVersion
 
 DEMO = build_blob_detector().SerializeToString()
 # pyproject.toml: a file of the API's working directory (the tests run from the repo root)
@@ -137,3 +139,21 @@ def test_a_config_with_labels_makes_bad_metadata_names_irrelevant(client):
     data = _with_metadata(names="[oops")
     resp = upload(client, "meta-overridden", data, config=json.dumps({"labels": ["r", "g", "b"]}))
     assert resp.status_code == 201, resp.json
+
+
+def test_a_stored_version_that_points_outside_is_never_loaded(client, stack):
+    # given: a version whose stored bytes point at a host file (registered before the checks
+    # above existed, or put in the store some other way)
+    good = upload(client, "stored-attack", DEMO).json
+    data = m.sparse_initializer("pyproject.toml")
+    digest = ArtifactStore(stack.settings.artifacts_dir).put(data)
+    with stack.store.session() as session:
+        session.add(ModelVersion(model="stored-attack", version=2, status="Successful",
+                                 sha256=digest, size_bytes=len(data), labels=good["labels"],
+                                 input=good["input"], output=good["output"]))
+    # when: it is deployed
+    created = deploy(client, "stored-attack", 2)
+    assert created.status_code == 202, created.json
+    # then: the worker refuses it before any engine sees it
+    error = wait_status(client, created.json["id"], "Failed")["error"]
+    assert "'leak'" in error and "outside the model" in error

@@ -24,7 +24,7 @@ from detserve.monitoring import logs, usage
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
 from detserve.processing.image import limit_pillow
-from detserve.service import progress
+from detserve.service import externaldata, progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
 from detserve.store import ModelVersion, Store
@@ -64,6 +64,7 @@ class ModelHost:
         data = self.rt.artifacts.get(version.sha256)
         report.advance(1.0, bytes_done=len(data))
         report.enter("loading")
+        externaldata.refuse_external(data)
         spec = {"input": version.input, "output": version.output}
         log.info("loading %s v%s (%s) with %s", version.model, version.version,
                  version.sha256[:12], self.backend_cls.__name__)

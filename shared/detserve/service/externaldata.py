@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 
 import onnx
 
-from detserve.errors import InvalidModel, PayloadTooLarge
+from detserve.errors import InvalidModel, ModelLoadError, PayloadTooLarge
 
 _OUTSIDE = {"model": ["external data outside the package"]}
 
@@ -39,6 +39,24 @@ def inline(model: onnx.ModelProto, files: dict[str, bytes], *, max_bytes: int) -
         tensor.raw_data = blob
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def refuse_external(onnx_bytes: bytes) -> None:
+    """For a worker about to load a stored model: one registered before every tensor was checked
+    (or stored some other way) may still point at a file; no engine is given it.
+
+    Raises:
+        ModelLoadError: a tensor keeps its data outside the model.
+    """
+    try:
+        model = onnx.load_from_string(onnx_bytes)
+    except Exception:  # noqa: BLE001 - not ONNX at all: the engine says so in its own words
+        return
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ModelLoadError(f"tensor {tensor.name!r} of this stored version keeps its data "
+                                 "in a file outside the model, which no worker opens; upload "
+                                 "the model again (as a zip with that file) as a new version")
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
