@@ -92,3 +92,8 @@ def test_errors_are_documented_in_their_real_shape(client):
     assert error["required"] == ["error"]
     detail = spec["components"]["schemas"]["ErrorDetail"]
     assert set(detail["required"]) == {"code", "message"} and "fields" in detail["properties"]
+    # schema failures are documented as the 400 they are, not flask-smorest's 422
+    codes = {code for ops in spec["paths"].values() for op in ops.values() if isinstance(op, dict)
+             for code in op.get("responses", {})}
+    assert "422" not in codes
+    assert "400" in spec["paths"]["/v1/services"]["post"]["responses"]

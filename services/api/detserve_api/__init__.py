@@ -22,7 +22,7 @@ from detserve.store import Store
 from detserve_api import auth, console, entrance, errors, jsonbody
 from detserve_api.activity import Activity
 from detserve_api.resources import register_blueprints
-from detserve_api.spec import DetserveApi
+from detserve_api.spec import DetserveApi, ValidationIs400
 
 REDIS_TIMEOUT_SECONDS = 5.0  # every Redis call on a request's path ends within this
 
@@ -58,7 +58,8 @@ def create_app(
     }
     app.extensions["celery"] = celery
     api = DetserveApi(app, spec_kwargs={"info": {"description": "Deploy ONNX detection models as services"},
-                                "components": {"securitySchemes": auth.SECURITY_SCHEMES}})
+                                        "components": {"securitySchemes": auth.SECURITY_SCHEMES},
+                                        "extra_plugins": [ValidationIs400()]})
     register_blueprints(api)
     errors.register_error_handlers(app)
     entrance.register(app, settings)  # before auth: the cheapest refusal first

@@ -3,7 +3,10 @@ client generated from /openapi.json, or a fuzzer checking answers against it, re
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
+from apispec import BasePlugin
 from flask_smorest import Api
 
 
@@ -30,3 +33,16 @@ class DetserveApi(Api):  # type: ignore[misc]
     """flask-smorest's Api, documenting detserve's error body instead of its own."""
 
     ERROR_SCHEMA = ErrorSchema
+
+
+class ValidationIs400(BasePlugin):  # type: ignore[misc]
+    """flask-smorest documents a schema failure as 422; detserve answers 400 (the contract)."""
+
+    def operation_helper(self, path: str | None = None,
+                         operations: dict[str, Any] | None = None, **_: Any) -> None:
+        for operation in (operations or {}).values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            for code in (422, "422"):
+                if code in responses:
+                    del responses[code]
+                    responses.setdefault(400, "BAD_REQUEST")
