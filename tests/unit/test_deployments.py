@@ -111,7 +111,10 @@ def test_a_failed_load_leaves_the_service_failed_with_the_reason(rt):
 
     assert deployments.complete_deploy(rt, sid, broken) == status.FAILED
     svc = deployments.get_service(rt, sid)
-    assert svc.status == status.FAILED and svc.error == "RuntimeError: no such operator"
+    # the reason a caller may read (issue 12): a stable message and an incident id; the
+    # exception's type and text stay in the log
+    assert svc.status == status.FAILED and svc.error.startswith("Loading the model failed")
+    assert "incident" in svc.error and "RuntimeError" not in svc.error
     assert rt.bus.take() == []
 
 

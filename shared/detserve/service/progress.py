@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from detserve.errors import ModelLoadError
+from detserve.errors import ModelLoadError, for_caller
 
 KEY = "detserve:deploy:{}"
 TTL_SECONDS = 24 * 3600
@@ -172,8 +172,8 @@ def deploying(client: redis.Redis, service_id: str,
         try:
             backend = load(version).backend
         except Exception as exc:  # the service's error names the step that failed
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            raise ModelLoadError(record.fail(message)) from exc
+            # what a caller may read of it: ours scrubbed, anything else an incident (errors.py)
+            raise ModelLoadError(record.fail(for_caller(exc, "this step").message)) from exc
         describe = getattr(backend, "describe", None)
         record.done(describe() if describe else None)  # ready before Running is visible
 
