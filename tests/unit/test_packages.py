@@ -241,6 +241,7 @@ def test_config_errors_name_their_fields():
                      '{"labels": "red", "input": {"resize": "crop", "mean": [1]}}', max_bytes=LIMIT)
     fields = exc.value.fields
     assert set(fields) == {"labels", "input.resize", "input.mean"}
+    assert fields["input.resize"] == ["Must be one of: letterbox, stretch."]
     assert all(isinstance(m, list) and m and all(isinstance(x, str) for x in m) for m in fields.values())
 
 
