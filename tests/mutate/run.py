@@ -104,9 +104,12 @@ def recheck_module(lane: Path, module: str, log) -> str:
         # mutants are found again by operator and occurrence: in a changed module they would land
         # elsewhere; such a module needs a full run (--only it)
         raise SystemExit(f"{module} changed since its run: run it in full with --only {module}")
-    for suffix in (".sqlite", ".toml"):
-        shutil.copy2(source.with_suffix(suffix), lane / name.replace(".sqlite", suffix))
     db = lane / name
+    shutil.copy2(source, db)
+    db.with_suffix(".toml").write_text(config(module, TARGETS[module]))  # today's test command
+    baseline = subprocess.run(f"{PYTEST} {TARGETS[module]}", shell=True, cwd=lane, stdout=log, stderr=log)
+    if baseline.returncode != 0:  # every mutant would count as killed
+        raise SystemExit(f"{module}: its tests fail unmutated; see {log.name}")
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     subprocess.run([tool("cosmic-ray"), "exec", db.with_suffix(".toml").name, db.name], cwd=lane,

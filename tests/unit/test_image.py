@@ -89,6 +89,10 @@ def test_sixteen_bit_keeps_its_contrast():
     Image.fromarray(arr).save(buf, format="PNG")
     px = decode(buf.getvalue(), **LIMITS).pixels
     assert px[0, 0, 0] == 0 and px[0, 9, 0] == 255
+    arr[:, :5] = 32768  # mid grey stays mid grey
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    assert decode(buf.getvalue(), **LIMITS).pixels[0, 0, 0] in (127, 128)
 
 
 def _other(fmt: str) -> bytes:

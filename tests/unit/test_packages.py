@@ -250,6 +250,7 @@ def test_config_errors_name_their_fields():
                      '{"labels": "red", "input": {"resize": "crop", "mean": [1]}}', max_bytes=LIMIT)
     fields = exc.value.fields
     assert set(fields) == {"labels", "input.resize", "input.mean"}
+    assert fields["input.resize"] == ["Must be one of: letterbox, stretch."]
     assert all(isinstance(m, list) and m and all(isinstance(x, str) for x in m) for m in fields.values())
 
 
@@ -263,3 +264,25 @@ def test_a_model_onnx_checker_refuses_is_invalid():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(InvalidModel, match="onnx.checker refused"):
         read_package(model.SerializeToString(), None, max_bytes=LIMIT)
+
+
+def test_a_tensor_after_inline_ones_is_inlined_too():
+    # the last initializer keeps its data outside: every tensor before it is looked past
+    model = build_blob_detector()
+    boxes = model.graph.initializer[-1]
+    blob = numpy_helper.to_array(boxes).tobytes()
+    boxes.data_location = TensorProto.EXTERNAL
+    boxes.ClearField("raw_data")
+    boxes.ClearField("float_data")
+    boxes.external_data.add(key="location", value="boxes.bin")
+    data = zipped({"model.onnx": model.SerializeToString(), "boxes.bin": blob})
+    found = local_detector(data, threads=1).infer(SCENE)
+    assert found == local_detector(build_blob_detector().SerializeToString(), threads=1).infer(SCENE)
+
+
+def test_a_model_or_zip_of_exactly_the_limit_is_accepted():
+    model = build_blob_detector().SerializeToString()
+    assert read_package(model, None, max_bytes=len(model)).labels == ["red", "green", "blue"]
+    archive = zipped({"model.onnx": model}, zipfile.ZIP_DEFLATED)  # unpacks to exactly the limit
+    assert len(archive) < len(model)
+    assert read_package(archive, None, max_bytes=len(model)).labels == ["red", "green", "blue"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detserve.processing.postprocess import match_outputs, nms, to_image
+from detserve.processing.postprocess import decode, match_outputs, nms, to_image
 from detserve.processing.preprocess import Geometry, resize
 
 
@@ -50,3 +50,49 @@ def test_letterbox_round_trip():
 def test_boxes_are_clipped_to_the_image():
     back = to_image(np.asarray([[-10, -10, 500, 500]], np.float32), Geometry(1, 1, 0, 0), 1.0, 64, 32)
     np.testing.assert_allclose(back, [[0, 0, 32, 64]])
+
+
+def test_nms_never_suppresses_across_classes_even_for_boxes_around_the_origin():
+    # boxes that reach into negative coordinates (YOLO boxes at an image edge): two identical
+    # boxes of different classes must both be kept, whatever the threshold
+    boxes = np.asarray([[-20, -20, 20, 20], [-20, -20, 20, 20], [-15, -18, 22, 19]], dtype=np.float32)
+    classes = np.asarray([0, 1, 2])
+    for iou in (0.0, 0.1, 0.45):
+        keep = nms(boxes, np.asarray([0.9, 0.8, 0.7], dtype=np.float32), classes, iou)
+        assert sorted(keep.tolist()) == [0, 1, 2], iou
+
+
+def v5(rows: list[list[float]]) -> np.ndarray:
+    return np.asarray(rows, dtype=np.float32)[None]
+
+
+def test_v5_scores_are_objectness_times_class_score():
+    # x, y, w, h, objectness, then one score per class
+    raw = v5([[32, 32, 10, 10, 0.5, 0.2, 0.8], [10, 10, 4, 4, 0.5, 1.0, 0.0], [50, 50, 4, 4, 0.4, 1.0, 1.0]])
+    spec = {"layout": "v5", "score_threshold": 0.3, "iou_threshold": 0.45}
+    boxes, scores, classes = decode([raw], spec, (64, 64))
+    assert scores.tolist() == pytest.approx([0.5, 0.4, 0.4]) and classes.tolist() == [0, 1, 0]
+    assert boxes.tolist() == [[8, 8, 12, 12], [27, 27, 37, 37], [48, 48, 52, 52]]
+    # an objectness of exactly the threshold with a class score of 1 is kept
+    assert decode([raw], {**spec, "score_threshold": 0.5}, (64, 64))[1].tolist() == [0.5]
+
+
+def test_tfod_outputs_use_num_detections_and_normalised_boxes():
+    boxes = np.asarray([[[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 1.0, 1.0], [0, 0, 1, 1]]], dtype=np.float32)
+    scores = np.asarray([[0.9, 0.8, 0.95]], dtype=np.float32)
+    classes = np.asarray([[3, 1, 2]], dtype=np.float32)
+    spec = {"layout": "tfod", "score_threshold": 0.5}
+    # num_detections = 2: the third row is padding, whatever its score
+    got = decode([boxes, scores, classes, np.asarray([2.0], dtype=np.float32)], spec, (100, 200))
+    assert np.allclose(got[0], [[40, 10, 80, 30], [100, 50, 200, 100]])
+    assert got[1].tolist() == pytest.approx([0.9, 0.8]) and got[2].tolist() == [3, 1]
+    # without num_detections every row counts
+    assert decode([boxes, scores, classes], spec, (100, 200))[2].tolist() == [2, 3, 1]
+
+
+def test_tfod_matching_lists_num_detections_only_when_the_model_has_it():
+    three = [("detection_boxes", [1, 100, 4]), ("detection_scores", [1, 100]),
+             ("detection_classes", [1, 100])]
+    assert match_outputs(three, "boxes", None)["outputs"] == [n for n, _ in three]
+    four = [*three, ("num_detections", [1])]
+    assert match_outputs(four, "boxes", None)["outputs"] == [n for n, _ in four]

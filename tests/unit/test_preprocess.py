@@ -50,3 +50,11 @@ def test_the_default_tensor_is_rgb_float_in_0_1_nchw():
     assert np.allclose(out[0, :, 0, 0], [1.0, 0.2, 0.0], atol=1e-6)
     nhwc = TensorSpec.from_spec({"dtype": "uint8", "layout": "NHWC"})(pixels)
     assert nhwc[0, 0, 0].tolist() == [255, 51, 0]
+
+
+def test_mean_and_std_apply_per_channel_whatever_their_values():
+    pixels = np.full((1, 1, 3), 255, dtype=np.uint8)
+    for mean, std in [([0.5, 0.5, 0.5], [2.0, 2.0, 2.0]), ([0.0, 0.25, 1.0], [0.5, 0.25, 4.0]),
+                      ([0.1, 0.2, 0.3], [1.0, 1.0, 1.0])]:
+        out = TensorSpec.from_spec({"mean": mean, "std": std})(pixels)[0, :, 0, 0]
+        assert np.allclose(out, (1.0 - np.asarray(mean)) / np.asarray(std), atol=1e-6), (mean, std)

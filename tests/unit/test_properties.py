@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from flask import Flask, request
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -44,6 +44,10 @@ candidate = st.tuples(st.integers(0, 64), st.integers(0, 64), st.integers(1, 40)
 @PROPERTY
 @given(cands=st.lists(candidate, max_size=40), score_threshold=st.sampled_from([0.0, 0.25, 0.5, 0.8]),
        iou_threshold=st.sampled_from([0.0, 0.3, 0.45, 0.7, 1.0]), max_detections=st.integers(1, 50))
+# boxes around the origin, reaching into negative coordinates: NMS once shifted classes apart by
+# less than the boxes span and suppressed across classes
+@example(cands=[(0, 0, 40, 40, 0, 0.9), (0, 0, 40, 40, 1, 0.8)], score_threshold=0.25,
+         iou_threshold=0.0, max_detections=50)
 def test_nms_invariants(cands, score_threshold, iou_threshold, max_detections):
     # given a v8-layout output whose anchors each carry one class score
     raw = np.zeros((1, 4 + NC, max(1, len(cands))), dtype=np.float32)

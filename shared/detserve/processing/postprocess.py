@@ -110,7 +110,8 @@ def _yolo_v5(out: np.ndarray, threshold: float) -> Decoded:
     cls_scores = pred[:, 5:] * pred[:, 4:5]
     classes = cls_scores.argmax(axis=1)
     scores = np.take_along_axis(cls_scores, classes[:, None], axis=1)[:, 0]
-    return _xywh_to_xyxy(pred[:, :4]), scores, classes
+    keep = scores >= threshold  # objectness alone passed: the score is objectness x class score
+    return _xywh_to_xyxy(pred[keep, :4]), scores[keep], classes[keep]
 
 
 def _tfod(raw: Sequence[np.ndarray], input_hw: tuple[int, int]) -> Decoded:
@@ -139,12 +140,13 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
     """Class-aware greedy NMS; returns kept indices, highest score first.
 
-    Boxes of different classes are shifted apart so that one pass never suppresses across
-    classes; each step is vectorised over all remaining boxes.
+    Boxes of different classes are shifted apart (by more than all the boxes span, negative
+    coordinates included) so that one pass never suppresses across classes; each step is
+    vectorised over all remaining boxes.
     """
     if len(boxes) == 0:
         return np.zeros(0, dtype=np.int64)
-    offset = classes.astype(np.float32)[:, None] * (float(np.abs(boxes).max()) + 1.0)
+    offset = classes.astype(np.float32)[:, None] * (float(boxes.max() - boxes.min()) + 1.0)
     # one contiguous row per coordinate: each step gathers from four 1-D arrays
     x1, y1, x2, y2 = np.ascontiguousarray((boxes + offset).T)
     # np.maximum(x, 0), not x.clip(0): the same values, at a fraction of clip's fixed cost
