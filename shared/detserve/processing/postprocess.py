@@ -90,7 +90,8 @@ def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int,
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
         idx = np.argsort(-scores, kind="stable")
     idx = idx[: int(spec.get("max_detections", 100))]
-    return boxes[idx], scores[idx], classes[idx] + int(spec.get("class_offset", 0))
+    offset = int(spec.get("class_offset", 0))
+    return boxes[idx], scores[idx], classes[idx] + offset if offset else classes[idx]
 
 
 def _yolo_v8(out: np.ndarray, threshold: float) -> Decoded:
@@ -134,7 +135,7 @@ def _e2e(out: np.ndarray) -> Decoded:
 
 def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     half = xywh[:, 2:4] / 2
-    return np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1).astype(np.float32)
+    return np.concatenate([xywh[:, :2] - half, xywh[:, :2] + half], axis=1).astype(np.float32, copy=False)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
@@ -158,8 +159,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) 
         keep.append(i)
         inter = (np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
                  * np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0))
-        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
+        # IoU <= iou without the division (and kept, as before, where both boxes are empty)
+        order = rest[inter <= iou * (areas[i] + areas[rest] - inter)]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -56,28 +56,32 @@ class TensorSpec:
     bgr: bool
     nchw: bool
     as_uint8: bool
-    multiply: np.ndarray  # float32: a scalar, or one factor per channel
-    subtract: np.ndarray | None  # float32 per channel
+    multiply: np.ndarray  # float32: a scalar, or one factor per channel in the output's layout
+    subtract: np.ndarray | None  # float32 per channel, in the output's layout
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> TensorSpec:
+        nchw = spec.get("layout", "NCHW") == "NCHW"
+        channels = (3, 1, 1) if nchw else (3,)
         scale = np.float32(spec.get("scale", 1 / 255))
         mean = np.asarray(spec.get("mean") or [0.0] * 3, dtype=np.float32)
         std = np.asarray(spec.get("std") or [1.0] * 3, dtype=np.float32)
-        return cls(bgr=spec.get("color", "RGB") == "BGR",
-                   nchw=spec.get("layout", "NCHW") == "NCHW",
+        return cls(bgr=spec.get("color", "RGB") == "BGR", nchw=nchw,
                    as_uint8=spec.get("dtype", "float32") == "uint8",
-                   multiply=np.asarray(scale if np.all(std == 1) else scale / std, dtype=np.float32),
-                   subtract=mean / std if np.any(mean) else None)
+                   multiply=np.asarray(scale if np.all(std == 1) else (scale / std).reshape(channels),
+                                       dtype=np.float32),
+                   subtract=(mean / std).reshape(channels) if np.any(mean) else None)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 RGB to a batch of one in the model's input format."""
-        out = pixels[..., ::-1] if self.bgr else pixels
-        if not self.as_uint8:
-            out = out.astype(np.float32)  # then in place: a cast inside the multiply is slower
-            out *= self.multiply
-            if self.subtract is not None:
-                out -= self.subtract
-        if self.nchw:
-            out = out.transpose(2, 0, 1)
-        return np.ascontiguousarray(out[None])
+        arr = pixels[..., ::-1] if self.bgr else pixels
+        # reorder while still uint8 (a quarter of the bytes), then one float array written once:
+        # the float intermediates of cast-then-scale each cost a fresh large allocation
+        arr = np.ascontiguousarray(arr.transpose(2, 0, 1) if self.nchw else arr)
+        if self.as_uint8:
+            return arr[None]
+        out = np.empty((1, *arr.shape), dtype=np.float32)
+        np.multiply(arr, self.multiply, out=out[0])
+        if self.subtract is not None:
+            out[0] -= self.subtract
+        return out
