@@ -76,7 +76,7 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         srv.stop()
 
 
-def handle(version_id: int, image: bytes) -> dict[str, Any]:
+def handle(version_id: int, image: bytes, options: dict[str, Any]) -> dict[str, Any]:
     if image == b"big":  # an answer too big for one datagram
         return {"detection_classes": ["x" * 100] * 3000, "inference_ms": 0.5}
     if image == b"bad":

@@ -11,11 +11,13 @@ import numpy as np
 from detserve.backends.base import Backend
 from detserve.errors import DetserveError, ModelLoadError, engine_words
 from detserve.processing import image, postprocess, preprocess
+from detserve.processing.options import AnswerOptions, format_boxes
 
 
 @dataclass(frozen=True)
 class Detections:
-    """Boxes in original-image pixels [y_min, x_min, y_max, x_max], sorted by score."""
+    """Boxes on the original image (by default pixels [y_min, x_min, y_max, x_max]), sorted by
+    score."""
 
     classes: list[str]
     boxes: list[list[float]]
@@ -57,10 +59,10 @@ class Detector:
         self.tensor = preprocess.TensorSpec.from_spec(self.input)
         self.limits = limits
 
-    def infer(self, data: bytes) -> Detections:
+    def infer(self, data: bytes, options: AnswerOptions | None = None) -> Detections:
         """Detect objects in one uploaded image (raises InvalidImage / ImageTooLarge)."""
         prepared = self.prepare(data)
-        return self.finish(self.backend.infer(prepared.tensor), prepared)
+        return self.finish(self.backend.infer(prepared.tensor), prepared, options)
 
     def prepare(self, data: bytes) -> Prepared:
         """Decode and pre-process one image into a batch-of-one tensor."""
@@ -83,15 +85,20 @@ class Detector:
         raw = self.backend.infer(np.concatenate([p.tensor for p in prepared]))
         return [[out[i : i + 1] for out in raw] for i in range(len(prepared))]
 
-    def finish(self, raw: Sequence[np.ndarray], prepared: Prepared) -> Detections:
-        """Decode one image's raw outputs into boxes on the original image."""
-        decoded = prepared.decoded
-        boxes, scores, classes = postprocess.decode(raw, self.output, self.size)
+    def finish(self, raw: Sequence[np.ndarray], prepared: Prepared,
+               options: AnswerOptions | None = None) -> Detections:
+        """Decode one image's raw outputs into boxes on the original image, as the request's
+        options ask."""
+        decoded, options = prepared.decoded, options or AnswerOptions()
+        boxes, scores, classes = postprocess.decode(raw, self.output, self.size, options,
+                                                    self.labels)
         rescaled = postprocess.to_image(boxes, prepared.geometry, decoded.scale, decoded.width,
                                         decoded.height)
+        shaped = format_boxes(rescaled.astype(np.float64), options.box_format, decoded.width,
+                              decoded.height)
         return Detections(
             classes=[self._label(int(c)) for c in classes],
-            boxes=np.round(rescaled.astype(np.float64), 2).tolist(),
+            boxes=np.round(shaped, 6 if options.box_format.endswith("_norm") else 2).tolist(),
             scores=np.round(scores.astype(np.float64), 5).tolist(),
         )
 

@@ -24,6 +24,7 @@ from detserve.monitoring import logs, usage
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve.processing import headers as images
 from detserve.processing.image import limit_pillow
+from detserve.processing.options import AnswerOptions
 from detserve.service import externaldata, progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy
@@ -88,14 +89,15 @@ class ModelHost:
                 self._drop_locked(old_id)
         return detector
 
-    def detect(self, version_id: int, image: bytes) -> Detections:
+    def detect(self, version_id: int, image: bytes,
+               options: AnswerOptions | None = None) -> Detections:
         """One image through the version's detector, batched with others where the engine can."""
         detector = self.get(version_id)
         batcher = self._batchers.get(version_id)
         if batcher is None:
-            return detector.infer(image)
+            return detector.infer(image, options)
         prepared = detector.prepare(image)  # in this task's thread, in parallel with others
-        return detector.finish(batcher(prepared), prepared)
+        return detector.finish(batcher(prepared), prepared, options)
 
     def drop(self, version_id: int) -> None:
         with self._lock:
@@ -132,13 +134,16 @@ class WorkerState:
         self.concurrency = concurrency
         self._slots = threading.BoundedSemaphore(concurrency)
 
-    def predict(self, version_id: int, image: bytes) -> dict[str, Any]:
-        """The contract's result for one image, with the worker-side time in `inference_ms`."""
+    def predict(self, version_id: int, image: bytes,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The contract's result for one image, with the worker-side time in `inference_ms`;
+        `options`: the request's answer options (AnswerOptions.to_dict)."""
         if self._slots is None:
             raise RuntimeError("WorkerState.start() runs first (at worker_init)")
         with self._slots:
             started = time.perf_counter()
-            result = self.host.detect(version_id, image).to_dict()
+            result = self.host.detect(version_id, image,
+                                      AnswerOptions.from_dict(options)).to_dict()
         result["inference_ms"] = round((time.perf_counter() - started) * 1000, 3)
         logs.access("predicted %d objects in %.1f ms", len(result["detection_classes"]),
                     result["inference_ms"])
@@ -178,9 +183,10 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
             complete_deploy(host.rt, service_id, load)
 
     @app.task(name=names.PREDICT)
-    def predict(version_id: int, image_key: str) -> dict[str, Any]:
+    def predict(version_id: int, image_key: str,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Detect objects in the image kept under `image_key` (async predictions)."""
-        return state.predict(version_id, images.take(state.redis, image_key))
+        return state.predict(version_id, images.take(state.redis, image_key), options)
 
     lane: dict[str, LaneConsumer] = {}
 

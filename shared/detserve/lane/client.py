@@ -15,6 +15,7 @@ is sent once more on a new one; a timeout is never retried, as the time is the c
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import fcntl
 import os
 import secrets
@@ -22,6 +23,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -63,7 +65,7 @@ class LaneClient:
         self._lock = threading.Lock()
 
     def call(self, flavor: str, version_id: int, service_id: str, image: bytes,
-             request_id: str = "") -> Answer:
+             request_id: str = "", options: dict[str, Any] | None = None) -> Answer:
         """The worker's answer for the image (status 200).
 
         Raises:
@@ -72,7 +74,7 @@ class LaneClient:
             RemoteError: the worker's error, with its code and status.
         """
         frame = Frame(version_id, service_id, new_reply_key(), time.time() + self.timeout,
-                      image, request_id)
+                      image, request_id, options=options or {})
         if self.shared is None:
             data = self._send(LANE_KEY.format(flavor=flavor), frame, wait=True)
         else:
@@ -155,8 +157,7 @@ class Port:
             os.ftruncate(self._fd, 0)  # a huge image does not keep its memory
         shm.write_all(self._fd, frame.image)
         self._size = len(frame.image)
-        return Frame(frame.version_id, frame.service_id, frame.reply_to, frame.deadline, b"",
-                     frame.request_id, self.name, len(frame.image))
+        return dataclasses.replace(frame, image=b"", port=self.name, image_size=len(frame.image))
 
     def receive(self, answer_id: str, timeout: float) -> bytes | None:
         """The answer for `answer_id`, or None after `timeout` s; late answers to earlier calls

@@ -35,11 +35,12 @@ BACKOFF_SECONDS = (0.1, 5.0)  # first and longest wait before trying Redis again
 ANSWER_KEEP_SECONDS = 120  # an answer nobody collects (its caller gave up) vanishes
 SWEEP_SECONDS = 60.0  # how often, and after how long, dead processes' ports are removed
 
-Handler = Callable[[int, bytes], dict[str, Any]]
+Handler = Callable[[int, bytes, dict[str, Any]], dict[str, Any]]
 
 
 class LaneConsumer:
-    """`threads` threads answering a flavor's frames with `handle(version_id, image)`, which
+    """`threads` threads answering a flavor's frames with `handle(version_id, image, options)`,
+    which
     returns the contract's result or raises (a DetserveError reaches the caller as itself)."""
 
     def __init__(self, redis_url: str, flavor: str, handle: Handler, threads: int,
@@ -106,7 +107,8 @@ class LaneConsumer:
         # log lines written while answering concern the frame's service and request (logs.py)
         with logs.about(frame.service_id, frame.request_id or None):
             try:
-                answer = success(self.handle(frame.version_id, self._image(frame)))
+                answer = success(self.handle(frame.version_id, self._image(frame),
+                                             frame.options))
             except Exception as exc:
                 answer = failure(exc)
                 unexpected = not isinstance(exc, DetserveError) or exc.status_code >= 500

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from detserve.errors import DetserveError
@@ -31,6 +31,7 @@ class Frame:
     request_id: str = ""  # for the worker's log lines
     port: str = ""  # same host: the image waits in that port's slot, the answer goes there
     image_size: int = 0  # with a port: how many bytes of its slot are the image
+    options: dict[str, Any] = field(default_factory=dict)  # the request's answer options
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def encode_frame(frame: Frame) -> bytes:
     header = {"format": FORMAT, "version_id": frame.version_id, "service_id": frame.service_id,
               "reply_to": frame.reply_to, "deadline": frame.deadline,
               "request_id": frame.request_id, "port": frame.port,
-              "image_size": frame.image_size}
+              "image_size": frame.image_size, "options": frame.options}
     return json.dumps(header).encode() + b"\n" + frame.image
 
 
@@ -73,7 +74,7 @@ def decode_frame(data: bytes) -> Frame:
         return Frame(int(header["version_id"]), str(header["service_id"]),
                      str(header["reply_to"]), float(header["deadline"]), image,
                      str(header.get("request_id") or ""), str(header.get("port") or ""),
-                     int(header.get("image_size") or 0))
+                     int(header.get("image_size") or 0), dict(header.get("options") or {}))
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed frame header: {exc}") from exc
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from detserve.processing.options import AnswerOptions
 from detserve.processing.preprocess import Geometry
 
 Shape = Sequence[int | str | None]
@@ -77,21 +78,46 @@ def _describe(outputs: Sequence[tuple[str, Shape]]) -> str:
     return ", ".join(f"{n!r} {list(s)}" for n, s in outputs) or "none"
 
 
-def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int]) -> Decoded:
-    """Run the decoder named in the version's output spec on one image's raw outputs."""
-    layout, threshold = spec["layout"], float(spec.get("score_threshold", 0.25))
-    if layout in ("v8", "v5"):  # these decoders apply the threshold themselves
+def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int],
+           options: AnswerOptions | None = None, labels: Sequence[str] = ()) -> Decoded:
+    """Run the decoder named in the version's output spec on one image's raw outputs, with the
+    request's options over the version's settings: thresholds before NMS, the cap after."""
+    options = options or AnswerOptions()
+    layout, offset = spec["layout"], int(spec.get("class_offset", 0))
+    base = float(spec.get("score_threshold", 0.25)) if options.score_threshold is None \
+        else options.score_threshold
+    limits = options.thresholds(labels, base) if options.class_thresholds else None  # by label
+    floor = min(base, float(limits.min())) if limits is not None and len(limits) else base
+    yolo = layout in ("v8", "v5")
+    if yolo:  # these decoders apply the (lowest) threshold themselves
         decoder = _yolo_v8 if layout == "v8" else _yolo_v5
-        boxes, scores, classes = decoder(raw[0], threshold)
-        idx = nms(boxes, scores, classes, float(spec.get("iou_threshold", 0.45)))
+        boxes, scores, classes = decoder(raw[0], floor)
     else:
         boxes, scores, classes = _tfod(raw, input_hw) if layout == "tfod" else _e2e(raw[0])
-        keep = scores >= threshold
+    if not yolo or limits is not None or options.classes is not None:
+        keep = _wanted(scores, classes + offset, limits, base, options.class_ids(labels))
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if yolo:
+        iou = spec.get("iou_threshold", 0.45) if options.iou_threshold is None \
+            else options.iou_threshold
+        idx = nms(boxes, scores, classes, float(iou))
+    else:
         idx = np.argsort(-scores, kind="stable")
-    idx = idx[: int(spec.get("max_detections", 100))]
-    offset = int(spec.get("class_offset", 0))
+    idx = idx[: options.max_detections or int(spec.get("max_detections", 100))]
     return boxes[idx], scores[idx], classes[idx] + offset if offset else classes[idx]
+
+
+def _wanted(scores: np.ndarray, ids: np.ndarray, limits: np.ndarray | None, base: float,
+            keep_ids: np.ndarray | None) -> np.ndarray:
+    """The mask of detections over their class's threshold and of a class the caller wants."""
+    limit = np.full(len(ids), base, dtype=np.float32)
+    if limits is not None:
+        inside = (ids >= 0) & (ids < len(limits))
+        limit[inside] = limits[ids[inside]]
+    mask: np.ndarray = scores >= limit
+    if keep_ids is not None:
+        mask &= np.isin(ids, keep_ids)
+    return mask
 
 
 def _yolo_v8(out: np.ndarray, threshold: float) -> Decoded:

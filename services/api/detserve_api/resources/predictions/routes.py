@@ -24,6 +24,7 @@ from flask_smorest import Blueprint
 from detserve import tasknames as names
 from detserve.errors import for_caller
 from detserve.processing import headers as images
+from detserve.processing.options import BOX_FORMATS
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.entrance import STARTED
@@ -37,10 +38,30 @@ from detserve_api.resources.predictions.schemas import (
 from detserve_api.uploads import image_upload
 
 blp = Blueprint("predictions", __name__, url_prefix="/v1", description="Predictions")
+OPTION_FIELDS = {
+    "score_threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                        "description": "keep boxes scoring at least this (default: the version's)"},
+    "class_thresholds": {"type": "string", "example": '{"person": 0.5}',
+                         "description": "JSON object: a threshold per class name, over "
+                                        "score_threshold"},
+    "iou_threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                      "description": "NMS overlap above which the lower-scoring box goes"},
+    "max_detections": {"type": "integer", "minimum": 1, "maximum": 1000,
+                       "description": "at most this many boxes, best first"},
+    "classes": {"type": "string", "example": "person,car",
+                "description": "keep only these classes: a comma list or a JSON list"},
+    "box_format": {"type": "string", "enum": list(BOX_FORMATS), "default": "yxyx",
+                   "description": "yxyx: [y_min, x_min, y_max, x_max]; xywh: [x_min, y_min, "
+                                  "width, height]; _norm: divided by the image's width/height"},
+}
 IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["images"],
     "properties": {"images": {"type": "string", "format": "binary",
-                              "description": "one JPG, JPEG, BMP or PNG image"}}}}}}
+                              "description": "one JPG, JPEG, BMP or PNG image"},
+                   **OPTION_FIELDS}}}}}
+OPTION_PARAMETERS = [{"in": "query", "name": name, "required": False, "schema": schema,
+                      "description": "the same as the form field (a form field wins)"}
+                     for name, schema in OPTION_FIELDS.items()]
 WITH_IMAGE = {"predictions.Predict", "predictions.Submit"}
 
 
@@ -61,37 +82,40 @@ def _record(response: Response) -> Response:
     return response
 
 
-def _checked_image() -> bytes:
-    """The upload, once its header is acceptable."""
+def _checked_image() -> tuple[bytes, dict[str, Any]]:
+    """The upload, once its header is acceptable, and the answer options (form fields over
+    query parameters), checked before anything is queued."""
     data = image_upload(request)
     sync.check_image(data, context.settings())
-    return data
+    values = {**request.args.to_dict(), **request.form.to_dict()}
+    return data, sync.answer_options(values, g.service, context.runtime().store)
 
 
 @blp.route("/services/<string:service_id>/predict")
 class Predict(MethodView):
-    @blp.doc(requestBody=IMAGE_BODY)
+    @blp.doc(requestBody=IMAGE_BODY, parameters=OPTION_PARAMETERS)
     @blp.response(200, PredictionSchema)
     def post(self, service_id: str) -> Response:
         """Detect objects in one image and wait for the answer."""
-        body = sync.predict(context.lane(), g.service, _checked_image(), g.timings,
-                            request.environ.get(REQUEST_ID, ""))
+        image, options = _checked_image()
+        body = sync.predict(context.lane(), g.service, image, g.timings,
+                            request.environ.get(REQUEST_ID, ""), options)
         return current_app.response_class(body, mimetype="application/json")
 
 
 @blp.route("/services/<string:service_id>/predictions")
 class Submit(MethodView):
-    @blp.doc(requestBody=IMAGE_BODY)
+    @blp.doc(requestBody=IMAGE_BODY, parameters=OPTION_PARAMETERS)
     @blp.response(202, TaskCreatedSchema)
     def post(self, service_id: str) -> dict[str, str]:
         """Queue a prediction and answer at once with its task id."""
-        image, task_id = _checked_image(), str(uuid.uuid4())
+        (image, options), task_id = _checked_image(), str(uuid.uuid4())
         image_key = f"detserve:image:{task_id}"  # the task carries the key, not the bytes
         pipe = context.redis_client().pipeline(transaction=False)
         pipe.set(image_key, image, ex=images.KEEP_SECONDS)
         pipe.set(TASK_KEY.format(task_id=task_id), service_id, ex=context.settings().result_ttl)
         pipe.execute()
-        context.celery().send_task(names.PREDICT, args=[g.service.version_id, image_key],
+        context.celery().send_task(names.PREDICT, args=[g.service.version_id, image_key, options],
                                    queue=g.service.flavor, task_id=task_id)
         return {"task_id": task_id}
 

@@ -8,7 +8,8 @@ from marshmallow import Schema, fields
 class PredictionSchema(Schema):
     detection_classes = fields.List(fields.String())
     detection_boxes = fields.List(fields.List(fields.Float()),
-                                  metadata={"description": "[y_min, x_min, y_max, x_max] in pixels"})
+                                  metadata={"description": "[y_min, x_min, y_max, x_max] in pixels, "
+                                                           "or as the request's box_format asks"})
     detection_scores = fields.List(fields.Float())
     inference_ms = fields.Float(metadata={"description": "time spent in the worker's pipeline"})
 

@@ -4,6 +4,7 @@ the round trip to a worker over the sync lane, and where the time went."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +12,30 @@ from detserve.config import Settings
 from detserve.errors import ServiceNotRunning
 from detserve.lane.client import LaneClient
 from detserve.processing.image import inspect
+from detserve.processing.options import parse
 from detserve.service.status import RUNNING
+from detserve.store import ModelVersion, Store
 
 
 def check_running(service: Any) -> None:
     if service.status != RUNNING:
         raise ServiceNotRunning(f"service {service.id} is {service.status}; start it and wait "
                                 "for Running before predicting")
+
+
+def answer_options(values: Mapping[str, str], service: Any, store: Store) -> dict[str, Any]:
+    """The request's answer options, checked (class names against the version's labels, read
+    only when the request names classes), as the worker takes them.
+
+    Raises:
+        ValidationFailed: a bad value, naming the field and what it accepts.
+    """
+    options = parse(values)
+    if options.classes is not None or options.class_thresholds:
+        with store.session(readonly=True) as session:
+            version = session.get(ModelVersion, service.version_id)
+        options.check_labels(list(version.labels) if version is not None else [])
+    return options.to_dict()
 
 
 def check_image(image: bytes, settings: Settings) -> None:
@@ -48,7 +66,7 @@ class Timings:
 
 
 def predict(lane: LaneClient, service: Any, image: bytes, timings: Timings,
-            request_id: str = "") -> bytes:
+            request_id: str = "", options: dict[str, Any] | None = None) -> bytes:
     """The result's JSON from a worker of the service's flavor, over the sync lane (not a Celery
     task: nothing but this caller wants the answer).
 
@@ -59,7 +77,8 @@ def predict(lane: LaneClient, service: Any, image: bytes, timings: Timings,
     """
     timings.sent = time.perf_counter()
     try:
-        answer = lane.call(service.flavor, service.version_id, service.id, image, request_id)
+        answer = lane.call(service.flavor, service.version_id, service.id, image, request_id,
+                           options)
     finally:
         timings.done = time.perf_counter()
     timings.inference_ms = answer.inference_ms
