@@ -3,7 +3,7 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const state = { token: sessionStorage.getItem("detserve.token") || "", services: [], flavors: [],
-                selected: null, deployTarget: null, poll: null };
+                selected: null, deployTarget: null, poll: null, result: null };
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -355,6 +355,10 @@ async function rotateKey() {
   }
 }
 
+// The test area predicts once at a low threshold and filters by the slider in the page: the boxes
+// kept at a higher threshold are the same (NMS keeps or drops a box only for higher-scoring ones).
+const LOW_THRESHOLD = "0.01";
+
 async function predict(event) {
   event.preventDefault();
   $("#predict-error").textContent = "";
@@ -362,19 +366,35 @@ async function predict(event) {
   if (!file) { $("#predict-error").textContent = "Choose a JPG, JPEG, BMP or PNG image first."; return; }
   const form = new FormData();
   form.append("images", file);
+  form.append("score_threshold", LOW_THRESHOLD);
+  form.append("max_detections", "1000");
   const img = $("#test-image");
+  state.result = null;
   $("#boxes").replaceChildren();
   $("#result-table tbody").replaceChildren();
   try {
     const result = await api(`/v1/services/${state.selected}/predict`, { method: "POST", form });
     img.src = URL.createObjectURL(file);
     await img.decode().catch(() => {});
-    drawBoxes(result);
-    fillTable(result);
+    state.result = result;
+    showResult();
   } catch (err) {
     img.removeAttribute("src");
     $("#predict-error").textContent = describe(err);
   }
+}
+
+function showResult() {
+  const threshold = Number($("#threshold").value);
+  $("#threshold-value").textContent = threshold.toFixed(2);
+  if (!state.result) return;
+  const r = state.result;
+  const keep = r.detection_scores.map((s, i) => (s >= threshold ? i : -1)).filter((i) => i >= 0);
+  const shown = { detection_classes: keep.map((i) => r.detection_classes[i]),
+    detection_boxes: keep.map((i) => r.detection_boxes[i]),
+    detection_scores: keep.map((i) => r.detection_scores[i]) };
+  drawBoxes(shown);
+  fillTable(shown);
 }
 
 function drawBoxes(result) {
@@ -444,6 +464,7 @@ $("#upload-form").addEventListener("submit", upload);
 $("#deploy-ok").addEventListener("click", deploy);
 $("#deploy-cancel").addEventListener("click", () => $("#deploy-dialog").close());
 $("#test-form").addEventListener("submit", predict);
+$("#threshold").addEventListener("input", showResult);
 $("#rotate-key").addEventListener("click", rotateKey);
 $("#autostop-enabled").addEventListener("change", (e) => {
   for (const input of document.querySelectorAll("#autostop-options input")) input.disabled = !e.target.checked;
