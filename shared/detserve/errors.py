@@ -10,6 +10,7 @@
     ├── Unauthorized (401 unauthorized)
     ├── Forbidden (403 forbidden)
     ├── NotFound (404 not_found)
+    ├── RateLimited (429 rate_limited, with Retry-After)
     ├── Conflict (409 conflict)
     │   ├── ServiceNotRunning (409 service_not_running)
     │   ├── VersionNotDeployable (409 version_not_deployable)
@@ -90,6 +91,17 @@ class Forbidden(DetserveError):
 class NotFound(DetserveError):
     status_code = 404
     code = "not_found"
+
+
+class RateLimited(DetserveError):
+    """Over the service's traffic limit; `retry_after`: whole seconds until a request passes."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class Conflict(DetserveError):

@@ -18,6 +18,7 @@ from detserve.monitoring import counters as monitoring
 from detserve.monitoring import logs
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime
+from detserve.service.ratelimit import Limiter
 from detserve.store import Store
 from detserve_api import auth, console, entrance, errors, jsonbody
 from detserve_api.activity import Activity
@@ -53,6 +54,7 @@ def create_app(
                            settings.autostop_hour_seconds),
         "redis": client,
         "monitor": monitoring.Recorder(client),
+        "limiter": Limiter(client),
         "lane": LaneClient(settings.redis_url, settings.predict_timeout, settings.shm_dir),
         "admin_token": admin_token(settings),
     }

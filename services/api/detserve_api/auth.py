@@ -21,7 +21,8 @@ from detserve_api import context
 
 # what the prediction routes need of a service, read in one small query per request
 HOT_QUERY = select(Service.id, Service.status, Service.flavor, Service.version_id,
-                   Service.key_hash).where(Service.id == bindparam("id"))  # built once
+                   Service.key_hash, Service.traffic_limit_qps
+                   ).where(Service.id == bindparam("id"))  # built once
 KEY_OWNER_QUERY = select(Service.id).where(Service.key_hash == bindparam("key_hash"))
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
 PREDICTION_BLUEPRINT = "predictions"

@@ -13,6 +13,7 @@ from detserve.lane.client import LaneClient
 from detserve.monitoring import counters as monitoring
 from detserve.monitoring import heartbeats
 from detserve.service.deployments import Runtime
+from detserve.service.ratelimit import Limiter
 
 
 def _ext() -> dict[str, Any]:
@@ -33,6 +34,10 @@ def redis_client() -> redis.Redis:
 
 def monitor() -> monitoring.Recorder:
     return _ext()["monitor"]  # type: ignore[no-any-return]
+
+
+def limiter() -> Limiter:
+    return _ext()["limiter"]  # type: ignore[no-any-return]
 
 
 def lane() -> LaneClient:

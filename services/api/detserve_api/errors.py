@@ -40,8 +40,10 @@ def render(status: int, code: str, message: str, *, request_id: str = "",
 def response_for(exc: Exception, request_id: str = "") -> Response:
     """A DetserveError as its documented error; anything else as a logged internal_error."""
     if isinstance(exc, DetserveError):
-        return render(exc.status_code, exc.code, exc.message, request_id=request_id,
-                      fields=exc.fields or None)
+        response = render(exc.status_code, exc.code, exc.message, request_id=request_id,
+                          fields=exc.fields or None)
+        response.headers.update(getattr(exc, "headers", {}))  # e.g. a 429's Retry-After
+        return response
     if isinstance(exc, redis.RedisError):  # ours, not the caller's: it may pass
         log.warning("Redis unavailable (request %s): %s", request_id or "-", exc)
         return render(503, "unavailable", "the broker (Redis) cannot be reached; try again "

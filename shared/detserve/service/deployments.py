@@ -45,7 +45,8 @@ def hash_key(key: str) -> str:
 
 
 def create_service(
-    rt: Runtime, version: ModelVersion, flavor: str, name: str | None, auto_stop: dict[str, Any]
+    rt: Runtime, version: ModelVersion, flavor: str, name: str | None, auto_stop: dict[str, Any],
+    traffic_limit_qps: float | None = None,
 ) -> tuple[Service, str]:
     """Record a service in Deploying, send it to the flavor's queue; return it with its key."""
     if version.status != status.SUCCESSFUL:
@@ -60,7 +61,7 @@ def create_service(
         version_id=version.id, model=version.model, version=version.version, flavor=flavor,
         compute_nodes=1, status=status.DEPLOYING, auto_stop_enabled=auto_stop["enabled"],
         auto_stop_hours=auto_stop["hours"], auto_stop_idle_minutes=auto_stop.get("idle_minutes"),
-        key_hash=hash_key(key), running_seconds=0.0,
+        key_hash=hash_key(key), running_seconds=0.0, traffic_limit_qps=traffic_limit_qps,
         created_at=now, updated_at=now,
     )
     with rt.store.session() as session:
@@ -134,6 +135,16 @@ def rotate_key(rt: Runtime, service_id: str) -> str:
         row.key_hash = hash_key(key)
         row.updated_at = utcnow()
     return key
+
+
+def update_traffic_limit(rt: Runtime, service_id: str, qps: float | None) -> None:
+    """Set the service's traffic limit (None: none); the next prediction obeys it."""
+    with rt.store.session() as session:
+        row = session.get(Service, service_id)
+        if row is None:
+            raise NotFound(f"no service {service_id!r}")
+        row.traffic_limit_qps = qps
+        row.updated_at = utcnow()
 
 
 def update_auto_stop(rt: Runtime, service_id: str, auto_stop: dict[str, Any]) -> Service:

@@ -70,6 +70,7 @@ class Service(Base):
     auto_stop_enabled: Mapped[bool] = mapped_column(default=True)
     auto_stop_hours: Mapped[int] = mapped_column(Integer, default=1)
     auto_stop_idle_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    traffic_limit_qps: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     stop_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     key_hash: Mapped[str] = mapped_column(String(64))

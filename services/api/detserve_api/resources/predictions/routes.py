@@ -4,7 +4,8 @@ A sync prediction, from the socket to the model and back:
 1. entrance.Entrance: request id, arrival time, the body's deadline;
 2. entrance.check_body: the route's body limit against the announced length (413);
 3. auth.check_request: the key or admin token, and the service's row (401/403/404);
-4. _check_running below: the service is Running (409), still before the body is read;
+4. _check_running below: the service is Running (409) and under its traffic limit (429, the
+   Redis-wide limiter of service.ratelimit), still before the body is read;
 5. Predict.post: the upload read by werkzeug, its header checked (400/413), then
    sync.predict -> detserve.lane.client: a frame on the flavor's Redis lane, the answer on a
    reply key; a worker's detserve.lane.consumer runs the model (inference.worker.WorkerState);
@@ -70,6 +71,7 @@ def _check_running() -> None:
     if request.endpoint in WITH_IMAGE:
         g.timings = sync.Timings(request.environ.get(STARTED, 0.0))
         sync.check_running(g.service)
+        context.limiter().check(g.service.id, g.service.traffic_limit_qps)  # before the body
 
 
 @blp.after_request

@@ -53,8 +53,10 @@ class Services(MethodView):
                 f"no {args['flavor']} worker is alive; start one (detserve worker --flavor "
                 f"{args['flavor']}) or pick an available flavor from GET /v1/flavors"
             )
+        limit = args["traffic_limit"]
         service, key = deployments.create_service(rt, version, args["flavor"], args["name"],
-                                                  args["auto_stop"])
+                                                  args["auto_stop"],
+                                                  limit["qps"] if limit else None)
         return {**_view(service.id), "key": key}
 
     @blp.response(200, ServiceListSchema)
@@ -77,8 +79,13 @@ class OneService(MethodView):
     @blp.arguments(PatchArgsSchema)
     @blp.response(200, ServiceSchema)
     def patch(self, args: dict[str, Any], service_id: str) -> dict[str, Any]:
-        """Change the auto stop; a Running service is re-armed from now."""
-        deployments.update_auto_stop(context.runtime(), service_id, args["auto_stop"])
+        """Change the auto stop (a Running service is re-armed from now) or the traffic limit."""
+        if "traffic_limit" in args:
+            limit = args["traffic_limit"]
+            deployments.update_traffic_limit(context.runtime(), service_id,
+                                             limit["qps"] if limit else None)
+        if "auto_stop" in args:
+            deployments.update_auto_stop(context.runtime(), service_id, args["auto_stop"])
         return _view(service_id)
 
     @blp.response(204)

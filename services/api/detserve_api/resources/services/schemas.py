@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from detserve.tasknames import FLAVORS
 
@@ -22,6 +24,16 @@ class AutoStopArgsSchema(Schema):
     )
 
 
+class TrafficLimitSchema(Schema):
+    qps = fields.Float(
+        required=True, allow_nan=False,
+        validate=validate.Range(0, 100_000, min_inclusive=False,
+                                error="must be a number over 0 and at most 100000"),
+        metadata={"description": "predictions per second, over all API processes (both routes "
+                                 "together); fractions allowed, e.g. 0.5. A second's worth may "
+                                 "come at once; beyond it, 429 rate_limited with Retry-After"})
+
+
 class DeployArgsSchema(Schema):
     name = fields.String(load_default=None, validate=validate.Length(1, 128))
     model = fields.String(required=True, validate=validate.Length(1, 128))
@@ -33,10 +45,19 @@ class DeployArgsSchema(Schema):
         validate=validate.Equal(1, error="compute_nodes is fixed at 1"),
     )
     auto_stop = fields.Nested(AutoStopArgsSchema, load_default=lambda: {"enabled": True, "hours": 1})
+    traffic_limit = fields.Nested(TrafficLimitSchema, load_default=None, allow_none=True,
+                                  metadata={"description": "null or absent: no limit"})
 
 
 class PatchArgsSchema(Schema):
-    auto_stop = fields.Nested(AutoStopArgsSchema, required=True)
+    auto_stop = fields.Nested(AutoStopArgsSchema, metadata={"description": "absent: unchanged"})
+    traffic_limit = fields.Nested(TrafficLimitSchema, allow_none=True, metadata={
+        "description": "null: remove the limit; absent: unchanged"})
+
+    @validates_schema
+    def _something(self, data: dict[str, Any], **_: Any) -> None:
+        if not data:
+            raise ValidationError("send auto_stop and/or traffic_limit", "_schema")
 
 
 class AutoStopSchema(Schema):
@@ -89,6 +110,8 @@ class ServiceSchema(Schema):
     compute_nodes = fields.Integer()
     status = fields.String()
     auto_stop = fields.Nested(AutoStopSchema)
+    traffic_limit = fields.Nested(TrafficLimitSchema, allow_none=True,
+                                  metadata={"description": "null: no limit"})
     created_at = fields.String()
     updated_at = fields.String()
     running_seconds = fields.Float()

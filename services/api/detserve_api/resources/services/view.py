@@ -43,6 +43,8 @@ def service_view(service: Service, settings: Settings,
                       "idle_minutes": service.auto_stop_idle_minutes,
                       "idle_stop_at": iso(near["idle_stop_at"]), "stops_at": iso(near["stops_at"])},
         "stopping_soon": near["stopping_soon"],
+        "traffic_limit": None if service.traffic_limit_qps is None
+        else {"qps": service.traffic_limit_qps},
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
