@@ -117,8 +117,10 @@ class Submit(MethodView):
         pipe.set(image_key, image, ex=images.KEEP_SECONDS)
         pipe.set(TASK_KEY.format(task_id=task_id), service_id, ex=context.settings().result_ttl)
         pipe.execute()
-        context.celery().send_task(names.PREDICT, args=[g.service.version_id, image_key, options],
-                                   queue=g.service.flavor, task_id=task_id)
+        # the options only when asked for: a plain task stays what earlier workers take
+        args = [g.service.version_id, image_key, *([options] if options else [])]
+        context.celery().send_task(names.PREDICT, args=args, queue=g.service.flavor,
+                                   task_id=task_id)
         return {"task_id": task_id}
 
 
