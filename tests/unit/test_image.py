@@ -207,3 +207,25 @@ def test_a_top_down_bmp_within_the_limit_still_decodes():
     data = attack_images.bmp_declaring(8, -8)
     assert inspect(data, **SMALL_LIMITS) == ("BMP", 8, 8)
     assert decode(data, **SMALL_LIMITS).pixels.shape == (8, 8, 3)
+def test_the_pixel_limit_message_gives_the_count():
+    with pytest.raises(ImageTooLarge, match="300x200 = 60000 pixels; the limit is 50000"):
+        inspect(image_bytes(300, 200), max_bytes=1 << 20, max_pixels=50_000)
+
+
+def test_an_image_of_exactly_the_byte_limit_is_accepted():
+    data = image_bytes(30, 20)
+    assert inspect(data, max_bytes=len(data), max_pixels=1 << 20) == ("PNG", 30, 20)
+
+
+def test_sixteen_bit_within_eight_bit_range_keeps_its_values():
+    arr = np.full((4, 4), 255, dtype=np.uint16)  # a 16-bit file whose values never pass 255
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    assert decode(buf.getvalue(), **LIMITS).pixels[0, 0, 0] == 255
+
+
+def test_a_top_down_bmp_has_its_true_size():
+    data = bytearray(image_bytes(40, 30, "BMP"))
+    data[22:26] = (-30).to_bytes(4, "little", signed=True)  # negative height: rows stored top-down
+    assert inspect(bytes(data), **LIMITS) == ("BMP", 40, 30)
+    assert decode(bytes(data), **LIMITS).pixels.shape == (30, 40, 3)

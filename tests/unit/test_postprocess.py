@@ -96,3 +96,15 @@ def test_tfod_matching_lists_num_detections_only_when_the_model_has_it():
     assert match_outputs(three, "boxes", None)["outputs"] == [n for n, _ in three]
     four = [*three, ("num_detections", [1])]
     assert match_outputs(four, "boxes", None)["outputs"] == [n for n, _ in four]
+
+
+def test_layouts_count_their_classes():
+    assert match_outputs([("out", [1, 25200, 85])], "yolo", None)["num_classes"] == 80
+    assert match_outputs([("out", [1, 84, 8400])], "yolo", None)["num_classes"] == 80
+
+
+def test_e2e_rows_are_boxes_scores_classes_best_first():
+    rows = np.asarray([[[1, 2, 3, 4, 0.6, 2], [5, 6, 7, 8, 0.9, 0], [0, 0, 1, 1, 0.1, 1]]], dtype=np.float32)
+    boxes, scores, classes = decode([rows], {"layout": "e2e", "score_threshold": 0.5}, (64, 64))
+    assert boxes.tolist() == [[5, 6, 7, 8], [1, 2, 3, 4]] and classes.tolist() == [0, 2]
+    assert scores.tolist() == pytest.approx([0.9, 0.6])
