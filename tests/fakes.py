@@ -11,6 +11,8 @@ tests/unit/test_tensorrt_fake.py checks them against one list of real names per 
 from __future__ import annotations
 
 import json
+import os
+import time
 import types
 from typing import Any
 
@@ -242,10 +244,21 @@ class IExecutionContext:
         feeds = {name: read_device(self.addresses[name], shape,
                                    _NP[self.engine.get_tensor_dtype(name)])
                  for name, shape in self.shapes.items()}
+        _record_batch(next(iter(self.shapes.values()))[0])
         names = [n for n in self.engine.names if self.engine.get_tensor_mode(n) == TensorIOMode.OUTPUT]
         for name, value in zip(names, self.engine.session.run(names, feeds), strict=True):
             write_device(self.addresses[name], value.astype(_NP[self.engine.get_tensor_dtype(name)]))
         return True
+
+
+def _record_batch(batch: int) -> None:
+    """Where a test asks (DETSERVE_FAKE_TRT_BATCH_LOG), each run's batch size goes to a file, and a
+    run takes DETSERVE_FAKE_TRT_RUN_MS as a GPU would, so that requests queue into batches."""
+    if os.environ.get("DETSERVE_FAKE_TRT_RUN_MS"):
+        time.sleep(float(os.environ["DETSERVE_FAKE_TRT_RUN_MS"]) / 1000)
+    if os.environ.get("DETSERVE_FAKE_TRT_BATCH_LOG"):
+        with open(os.environ["DETSERVE_FAKE_TRT_BATCH_LOG"], "a") as log:
+            log.write(f"{batch}\n")
 
 
 # How the engine's execution reaches device memory; tests/gpu swaps these for real CUDA copies.

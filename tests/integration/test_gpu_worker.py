@@ -58,11 +58,22 @@ def test_flavor_availability_follows_heartbeats(client, settings):
     assert not available(client)["gpu"]
 
 
+def batch_log(settings):
+    """The file the fake engine writes each run's batch size to."""
+    return settings.data_dir / "fake-trt-batches.log"
+
+
+def batches_run(settings) -> list[int]:
+    path = batch_log(settings)
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
 @pytest.fixture(params=[10], ids=lambda m: f"tensorrt{m}")
 def fake_gpu_worker(settings, request):
     """A real GPU worker process on the fake TensorRT of the major in `request.param`."""
     env = child_env(settings, DETSERVE_FAKE_GPU="1", DETSERVE_TRT_PROFILE="1,4,8",
-                    DETSERVE_BATCH_WINDOW_MS="20",
+                    DETSERVE_BATCH_WINDOW_MS="20", DETSERVE_FAKE_TRT_RUN_MS="30",
+                    DETSERVE_FAKE_TRT_BATCH_LOG=str(batch_log(settings)),
                     DETSERVE_FAKE_TRT_VERSION=fakes.VERSIONS[request.param])
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "fakegpu"), env["PYTHONPATH"]])
     log = settings.data_dir / "logs" / "worker-gpu.log"
@@ -86,6 +97,7 @@ def test_deploy_and_concurrent_predictions_on_the_gpu_flavor(client, settings, f
     wait_status(client, created.json["id"], "Running")
     sid = created.json["id"]
     # when images of different colours are sent at once (so they can share batches)
+    runs_before = len(batches_run(settings))
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)] * 4
     tasks = [predict(client, sid, image_bytes(64, 64, color=c), route="predictions").json["task_id"]
              for c in colours]
@@ -105,6 +117,9 @@ def test_deploy_and_concurrent_predictions_on_the_gpu_flavor(client, settings, f
         for colour, resp in pool.map(sync, colours):
             assert resp.status_code == 200, resp.json
             assert set(resp.json["detection_classes"]) == {f"c{int(np.argmax(colour))}"}
+    # and the batcher really ran them together: some engine run held more than one image
+    batches = batches_run(settings)[runs_before:]
+    assert batches and max(batches) > 1, batches
     assert "reusing cached TensorRT engine" not in fake_gpu_worker.tail(20000)
     # a redeploy reuses the engine built the first time
     client.post(f"/v1/services/{sid}/stop", headers=AUTH)
