@@ -190,6 +190,9 @@ def test_bad_config(client):
     err = assert_error(upload(client, "cfg", DEMO, config='{"input": {"resize": "crop"}}'), 400,
                        "invalid_model", "input.resize")
     assert err["fields"]["input.resize"]
+    err = assert_error(upload(client, "cfg", DEMO, config='{"input": {"std": [0.2, 0, 0.2]}}'), 400,
+                       "invalid_model")
+    assert "std" in str(err), err
 
 
 def test_model_size_limit(stack):

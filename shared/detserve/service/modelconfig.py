@@ -17,7 +17,10 @@ class InputSchema(Schema):
     color = fields.String(load_default="RGB", validate=validate.OneOf(["RGB", "BGR"]))
     scale = fields.Float(load_default=None)
     mean = fields.List(fields.Float(), load_default=None, validate=validate.Length(equal=3))
-    std = fields.List(fields.Float(), load_default=None, validate=validate.Length(equal=3))
+    # the pixels are divided by std: a zero would turn every input into inf or nan
+    std = fields.List(fields.Float(validate=validate.Range(
+        min=0, min_inclusive=False, error="each std is a positive number (the pixels are divided by it)")),
+        load_default=None, validate=validate.Length(equal=3))
     layout = fields.String(load_default=None, validate=validate.OneOf(["NCHW", "NHWC"]))
     dtype = fields.String(load_default=None, validate=validate.OneOf(["float32", "uint8"]))
 
