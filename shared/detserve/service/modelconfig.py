@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from detserve.processing import decoders
+
 # pixels per side of the model's input: a worker allocates height x width x 3 floats per image
 # (and at warm-up) from it, so a typo of 64000 must not reach a worker
 MAX_SIDE = 8192
@@ -37,11 +39,20 @@ class InputSchema(Schema):
 
 
 class OutputSchema(Schema):
-    decoder = fields.String(load_default="yolo", validate=validate.OneOf(["yolo", "boxes"]))
+    decoder = fields.String(load_default="yolo")  # a name in the decoder registry
+    options = fields.Dict(keys=fields.String(), load_default=dict)  # the decoder's own
     score_threshold = fields.Float(load_default=0.25, validate=validate.Range(0, 1))
     iou_threshold = fields.Float(load_default=0.45, validate=validate.Range(0, 1))
     max_detections = fields.Integer(load_default=100, validate=validate.Range(1, 10000))
     class_offset = fields.Integer(load_default=0)
+
+
+    @validates_schema
+    def _decoder(self, data: dict[str, Any], **_: Any) -> None:
+        try:
+            decoders.get(data.get("decoder", "yolo"))
+        except ValueError as exc:
+            raise ValidationError(str(exc), "decoder") from exc
 
 
 class ModelConfigSchema(Schema):

@@ -147,7 +147,8 @@ def _describe(model: onnx.ModelProto, raw_config: dict[str, Any]) -> ModelPackag
     outputs = [(o.name, _dims(o)) for o in model.graph.output]
     output = dict(config["output"])
     try:
-        output.update(match_outputs(outputs, output["decoder"], len(labels) if labels else None))
+        output.update(match_outputs(outputs, output["decoder"], len(labels) if labels else None,
+                                    output["options"]))
     except ValueError as exc:
         raise InvalidModel(str(exc), fields={"config": [f"decoder {output['decoder']!r} mismatch"]}) from exc
     if not labels:
