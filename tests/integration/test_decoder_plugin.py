@@ -46,7 +46,8 @@ def install_plugin(root: Path) -> None:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: corners-head\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
-        "[detserve.decoders]\ncorners = corners_head:Corners\n")
+        "[detserve.decoders]\ncorners = corners_head:Corners\n"
+        "broken = corners_head:Missing\n")  # a broken one is left out, the others still load
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_not_installed_is_unknown(client):
 
 def test_third_party_decoder_by_entry_point(plugin_stack):
     assert "corners" in decoders.available() and "corners" not in decoders.BUILTINS
+    assert "broken" not in decoders.available()
     client = plugin_stack.app.test_client()
     out = np.asarray([[[1, 2, 3, 4, 0.9], [0, 0, 8, 8, 0.6], [0, 0, 1, 1, 0.1]]], np.float32)
     config = {"labels": ["thing"], "output": {"decoder": "corners", "options": {"unit": 4}}}

@@ -72,3 +72,8 @@ def test_builtins_are_declared_as_entry_points():
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert project["entry-points"][decoders.GROUP] == decoders.BUILTINS
+
+
+def test_picodet_scores_must_have_the_labels_classes():
+    with pytest.raises(ValueError, match="has 3 classes"):
+        match_outputs(_shapes(picodet_outputs()), "picodet", 3)

@@ -8,6 +8,7 @@ way; they are also listed here for an install whose metadata predates them (an o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import import_module
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 GROUP = "detserve.decoders"
 Shape = Sequence[int | str | None]
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (K,4), scores (K,), classes (K,)
@@ -55,7 +57,10 @@ def available() -> dict[str, Decoder]:
     """Every installed decoder by name (the entry points, then any built-in they lack)."""
     found: dict[str, Decoder] = {}
     for point in entry_points(group=GROUP):
-        found.setdefault(point.name, point.load()())
+        try:
+            found.setdefault(point.name, point.load()())
+        except Exception:  # one broken package must not take every other decoder down with it
+            log.exception("decoder %r (%s) failed to load; it is left out", point.name, point.value)
     for name, target in BUILTINS.items():
         if name not in found:
             module, attr = target.split(":")

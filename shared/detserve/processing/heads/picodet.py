@@ -44,6 +44,9 @@ class PicoDet:
         widths: set[tuple[int, int]] = set()
         for n in sorted(levels, reverse=True):
             (a, wa), (b, wb) = levels[n]
+            if num_classes is not None and num_classes not in (wa, wb):
+                raise ValueError(f"{expected}; no output of {n} anchors has {num_classes} "
+                                 f"classes (the labels): {describe(outputs)}")
             # the scores are the output with `classes` channels, or else the one listed first
             scores_first = wa == num_classes if num_classes is not None else True
             (cls, nc), (reg, width) = ((a, wa), (b, wb)) if scores_first else ((b, wb), (a, wa))
