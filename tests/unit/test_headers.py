@@ -1,22 +1,21 @@
-"""An image waiting in Redis for its task is read once, and an expired one is reported."""
+"""An image waiting in Redis for its task stays there until its task ends (a task redelivered
+after its worker died still finds it), and an expired one is reported."""
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from conftest import claim_redis_db
-from detserve.errors import InvalidImage
-from detserve.processing.headers import KEEP_SECONDS, take
+from detserve.processing.headers import KEEP_SECONDS, ImageGone, read
 
 
-def test_an_image_is_taken_once_and_a_missing_one_says_send_it_again(redis_base):
+def test_an_image_is_read_and_kept_and_a_missing_one_says_send_it_again(redis_base):
     client = redis.Redis.from_url(f"{redis_base}/{claim_redis_db(redis_base)}")
     client.set("detserve:test:image", b"\xff\xd8\xff bytes", ex=KEEP_SECONDS)
-    assert take(client, "detserve:test:image") == b"\xff\xd8\xff bytes"
-    assert client.exists("detserve:test:image") == 0
-    try:
-        take(client, "detserve:test:image")
-    except InvalidImage as exc:
-        assert f"over {KEEP_SECONDS} s" in exc.message and "send it again" in exc.message
-    else:
-        raise AssertionError("a second take found the image")
+    assert read(client, "detserve:test:image") == b"\xff\xd8\xff bytes"
+    assert read(client, "detserve:test:image") == b"\xff\xd8\xff bytes"  # a redelivery's read
+    client.delete("detserve:test:image")  # the task ended
+    with pytest.raises(ImageGone) as gone:
+        read(client, "detserve:test:image")
+    assert f"over {KEEP_SECONDS} s" in gone.value.message and "send it again" in gone.value.message

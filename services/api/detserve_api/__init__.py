@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import redis
 from celery import Celery
 from flask import Flask
 
 from detserve import __version__
-from detserve.celery_app import make_celery
+from detserve.celery_app import make_celery, redis_client
 from detserve.config import Settings, admin_token
 from detserve.lane.bus import CeleryBus
 from detserve.lane.client import LaneClient
@@ -46,8 +45,7 @@ def create_app(
         store = Store(settings.database_url)
         store.migrate()
     celery = celery or make_celery(settings, "detserve-api")
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                  socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+    client = redis_client(settings.redis_url, REDIS_TIMEOUT_SECONDS)
     app.extensions["detserve"] = {
         "settings": settings,
         "runtime": Runtime(store, ArtifactStore(settings.artifacts_dir), CeleryBus(celery),

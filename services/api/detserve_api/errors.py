@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from typing import Any
 
+import kombu.exceptions
 import redis
+import sqlalchemy.exc
 from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -24,6 +27,19 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
           413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error",
           500: "internal_error", 503: "unavailable", 504: "timeout"}
+RETRY_AFTER_SECONDS = 2
+
+# A broker or database that is down, hung or restarting is our fault and passes: 503 with
+# Retry-After, never a 500 (redis-py, kombu/Celery publishing, SQLAlchemy and raw sqlite3, and the
+# OS-level socket errors under them).
+OUTAGES: tuple[type[BaseException], ...] = (
+    redis.RedisError, kombu.exceptions.OperationalError, sqlalchemy.exc.TimeoutError,
+    ConnectionError, TimeoutError,
+)
+DB_OUTAGES = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
+# SQLite says OperationalError for a lock held too long and for a missing table alike: only
+# the first kind passes
+SQLITE_OUTAGES = ("locked", "busy", "unable to open", "disk i/o")
 
 
 def render(status: int, code: str, message: str, *, request_id: str = "",
@@ -34,20 +50,42 @@ def render(status: int, code: str, message: str, *, request_id: str = "",
         body["fields"] = fields
     if request_id:
         body["request_id"] = request_id
-    return Response(json.dumps({"error": body}), status=status, mimetype="application/json")
+    response = Response(json.dumps({"error": body}), status=status, mimetype="application/json")
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for a broker/database that did not answer (not for a bug or a bad request)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc.orig, sqlite3.Error):
+            return _sqlite_outage(exc.orig)
+        return isinstance(exc, DB_OUTAGES)
+    if isinstance(exc, sqlite3.OperationalError):
+        return _sqlite_outage(exc)
+    return isinstance(exc, OUTAGES)
+
+
+def _sqlite_outage(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in SQLITE_OUTAGES)
 
 
 def response_for(exc: Exception, request_id: str = "") -> Response:
-    """A DetserveError as its documented error; anything else as a logged internal_error."""
+    """A DetserveError as its documented error, an outage of the broker or the database as 503
+    (ours, not the caller's: it may pass), anything else as a logged internal_error."""
     if isinstance(exc, DetserveError):
         response = render(exc.status_code, exc.code, exc.message, request_id=request_id,
                           fields=exc.fields or None)
         response.headers.update(getattr(exc, "headers", {}))  # e.g. a 429's Retry-After
         return response
-    if isinstance(exc, redis.RedisError):  # ours, not the caller's: it may pass
-        log.warning("Redis unavailable (request %s): %s", request_id or "-", exc)
-        return render(503, "unavailable", "the broker (Redis) cannot be reached; try again "
-                      "later", request_id=request_id)
+    if is_outage(exc):
+        log.warning("unavailable (request %s): %s: %s", request_id or "-", type(exc).__name__, exc)
+        return render(503, "unavailable", "the broker (Redis) or the database cannot be reached; "
+                      "try again shortly", request_id=request_id)
     log.error("unhandled error (request %s)", request_id or "-", exc_info=exc)
     return render(500, "internal_error", "an unexpected error occurred; it was logged",
                   request_id=request_id)

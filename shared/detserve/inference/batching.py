@@ -16,8 +16,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
+from detserve.errors import Unavailable
+
 In = TypeVar("In")
 Out = TypeVar("Out")
+
+
+class BatcherClosed(Unavailable):
+    """The batcher was closed (its model unloaded) before this item ran: a 503, retry."""
 
 
 class Batcher(Generic[In, Out]):
@@ -29,26 +35,48 @@ class Batcher(Generic[In, Out]):
             raise ValueError("max_batch must be at least 1")
         self.run, self.max_batch, self.window = run, max_batch, window
         self._queue: queue.SimpleQueue[tuple[In, Future[Out]] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._lock = threading.Lock()  # orders submits against close's stop marker
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
         self.batches: list[int] = []  # sizes of the batches run, newest last (bounded)
 
     def submit(self, item: In) -> Future[Out]:
+        """A future for the item's result; failed at once if the batcher is closed."""
         future: Future[Out] = Future()
-        self._queue.put((item, future))
+        with self._lock:
+            if not self._closed:
+                self._queue.put((item, future))
+                return future
+        future.set_exception(BatcherClosed("the model was unloaded; send the request again"))
         return future
 
-    def __call__(self, item: In, timeout: float | None = None) -> Out:
+    def __call__(self, item: In, timeout: float) -> Out:
+        """The item's result, waiting at most `timeout` s (a waiter always has a bound)."""
         return self.submit(item).result(timeout)
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Run what was submitted, then stop; later submits fail instead of waiting forever."""
+        with self._lock:
+            self._closed = True
+            self._queue.put(None)
         self._thread.join(timeout=5)
+        self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        while True:
+            try:
+                left = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if left is not None and not left[1].done():
+                left[1].set_exception(BatcherClosed("the model was unloaded; send the request again"))
 
     def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
+                self._fail_leftovers()
                 return
             batch = [first]
             deadline = time.monotonic() + self.window

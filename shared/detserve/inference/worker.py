@@ -7,112 +7,33 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.exceptions import Ignore
+from celery.states import READY_STATES
 
 from detserve import tasknames as names
+from detserve.celery_app import redis_client
 from detserve.config import Settings, admin_token
-from detserve.errors import NotFound
-from detserve.inference.batching import Batcher
-from detserve.inference.detector import Detections, Detector, Limits, Prepared
+from detserve.inference.host import ModelHost
 from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.lane.consumer import LaneConsumer
-from detserve.monitoring import logs, usage
-from detserve.monitoring.heartbeats import connect_heartbeat
+from detserve.monitoring import inflight, logs, usage
+from detserve.monitoring.heartbeats import Identity, connect_heartbeat
 from detserve.processing import headers as images
 from detserve.processing.image import limit_pillow
 from detserve.processing.options import AnswerOptions
-from detserve.service import externaldata, progress
+from detserve.reconnect import Backoff
+from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
-from detserve.service.deployments import Runtime, complete_deploy
-from detserve.store import ModelVersion, Store
+from detserve.service.deployments import Runtime, complete_deploy, versions_in_use
+from detserve.store import Store
 
 log = logging.getLogger("detserve.inference.worker")
-
-
-class ModelHost:
-    """Loaded detectors of this process, by version id, least recently used dropped first."""
-
-    def __init__(self, rt: Runtime, backend_cls: Any, settings: Settings) -> None:
-        self.rt, self.backend_cls, self.settings = rt, backend_cls, settings
-        self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels)
-        self._models: OrderedDict[int, Detector] = OrderedDict()
-        self._batchers: dict[int, Batcher[Prepared, list[Any]]] = {}
-        self._lock = threading.Lock()
-        self.memory = usage.ModelMemory()
-
-    def get(self, version_id: int) -> Detector:
-        """The detector of a version, loading it on first use in this process."""
-        with self._lock:
-            detector = self._models.get(version_id)
-            if detector is not None:
-                self._models.move_to_end(version_id)
-                return detector
-        with self.rt.store.session(readonly=True) as session:
-            version = session.get(ModelVersion, version_id)
-        if version is None:
-            raise NotFound(f"model version {version_id} no longer exists")
-        return self.load(version)
-
-    def load(self, version: ModelVersion) -> Detector:
-        """Fetch and verify the artifact, build the backend, warm it up, cache it."""
-        before = usage.rss()
-        report = progress.current()
-        report.enter("fetching", bytes_total=version.size_bytes)
-        data = self.rt.artifacts.get(version.sha256)
-        report.advance(1.0, bytes_done=len(data))
-        report.enter("loading")
-        externaldata.refuse_external(data)
-        spec = {"input": version.input, "output": version.output}
-        log.info("loading %s v%s (%s) with %s", version.model, version.version,
-                 version.sha256[:12], self.backend_cls.__name__)
-        backend = self.backend_cls.from_package(
-            data, spec, threads=self.settings.ort_threads, settings=self.settings,
-            artifacts=self.rt.artifacts, sha256=version.sha256)
-        detector = Detector(backend, {"labels": version.labels, **spec}, self.limits)
-        report.enter("warming_up")
-        detector.warm_up()
-        self.memory.loaded(version.id, usage.rss() - before, backend)
-        max_batch = int(getattr(backend, "max_batch", 1))
-        if max_batch > 1:
-            self._batchers[version.id] = Batcher(
-                detector.infer_batch, max_batch=max_batch,
-                window=self.settings.batch_window_ms / 1000, name=f"batcher-v{version.id}")
-        with self._lock:
-            self._models[version.id] = detector
-            self._models.move_to_end(version.id)
-            while len(self._models) > self.settings.model_cache_size:
-                old_id, _ = next(iter(self._models.items()))
-                self._drop_locked(old_id)
-        return detector
-
-    def detect(self, version_id: int, image: bytes,
-               options: AnswerOptions | None = None) -> Detections:
-        """One image through the version's detector, batched with others where the engine can."""
-        detector = self.get(version_id)
-        batcher = self._batchers.get(version_id)
-        if batcher is None:
-            return detector.infer(image, options)
-        prepared = detector.prepare(image)  # in this task's thread, in parallel with others
-        return detector.finish(batcher(prepared), prepared, options)
-
-    def drop(self, version_id: int) -> None:
-        with self._lock:
-            if self._drop_locked(version_id):
-                log.info("unloaded model version %s", version_id)
-
-    def _drop_locked(self, version_id: int) -> bool:
-        detector = self._models.pop(version_id, None)
-        batcher = self._batchers.pop(version_id, None)
-        if batcher is not None:
-            batcher.close()
-        if detector is not None:
-            detector.backend.close()
-            self.memory.dropped(version_id)
-        return detector is not None
 
 
 class WorkerState:
@@ -123,6 +44,7 @@ class WorkerState:
         self._pid = -1
         self._host: ModelHost | None = None
         self._redis: redis.Redis | None = None
+        self.me = Identity()  # the name this worker beats under, once it is ready
         self.concurrency = 0  # fixed once by start()
         self._slots: threading.BoundedSemaphore | None = None
 
@@ -149,11 +71,31 @@ class WorkerState:
                     result["inference_ms"])
         return result
 
+    def claim(self, task_id: str, task: str, args: list[Any], queue: str) -> None:
+        """Record a task as this worker's from the moment it is received (prefetched ones
+        included) until it ends: what dies with this worker is sent again (inflight.py)."""
+        if self.me.name is None:
+            return
+        try:
+            inflight.claim(self.redis, task_id, task, args, queue, self.me.name)
+        except redis.RedisError:
+            log.warning("could not record in-flight task %s", task_id)
+
+    @contextmanager
+    def claimed(self, task_id: str) -> Iterator[None]:
+        """Release the task's claim when it ends, however it ends."""
+        try:
+            yield
+        finally:
+            try:
+                inflight.release(self.redis, task_id)
+            except redis.RedisError:
+                log.warning("could not release in-flight task %s; the sweep will", task_id)
+
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10,
-                                               socket_connect_timeout=5)
+            self._redis = redis_client(self.settings.redis_url)
         return self._redis
 
     @property
@@ -175,18 +117,35 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
     limit_pillow(settings.max_image_pixels)
     state = WorkerState(app, backend_cls, settings)
 
-    @app.task(name=names.DEPLOY, ignore_result=True)
-    def deploy(service_id: str) -> None:
+    @app.task(name=names.DEPLOY, bind=True, ignore_result=True)
+    def deploy(self: Any, service_id: str) -> None:
         """Load the service's model in this process and move it to Running."""
         host = state.host
-        with logs.about(service_id), progress.deploying(state.redis, service_id, host.load) as load:
-            complete_deploy(host.rt, service_id, load)
+        with state.claimed(self.request.id), logs.about(service_id), \
+                progress.deploying(state.redis, service_id, host.load) as load:
+            complete_deploy(host.rt, service_id, load, host.drop)
 
-    @app.task(name=names.PREDICT)
-    def predict(version_id: int, image_key: str,
+    @app.task(name=names.PREDICT, bind=True)
+    def predict(self: Any, version_id: int, image_key: str,
                 options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Detect objects in the image kept under `image_key` (async predictions)."""
-        return state.predict(version_id, images.take(state.redis, image_key), options)
+        task_id = self.request.id
+        with state.claimed(task_id):
+            try:
+                # the image stays in Redis until the task ends, so a redelivery still finds it
+                return state.predict(version_id, images.read(state.redis, image_key), options)
+            except images.ImageGone:
+                if self.AsyncResult(task_id).state in READY_STATES:
+                    raise Ignore() from None  # a stale second delivery of a finished task
+                raise
+            finally:
+                with suppress(redis.RedisError):  # it expires anyway
+                    state.redis.delete(image_key)
+
+    @signals.task_received.connect(weak=False)
+    def _claim(request: Any = None, **_: Any) -> None:
+        if request is not None and request.name in (names.DEPLOY, names.PREDICT):
+            state.claim(request.id, request.name, list(request.args), flavor)
 
     lane: dict[str, LaneConsumer] = {}
 
@@ -214,7 +173,7 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
             lane["consumer"].stop()
             lane["consumer"].join()
 
-    connect_heartbeat(settings, flavor)
+    state.me = connect_heartbeat(settings, flavor)
     logs.install(settings.redis_url, f"worker-{flavor}")
     usage.connect_reporter(settings, flavor, lambda: state.host.memory)
     signals.after_setup_logger.connect(_quiet_per_task_logs, weak=False)
@@ -229,15 +188,51 @@ def _quiet_per_task_logs(**_: Any) -> None:
 
 
 def _listen_for_unloads(redis_url: str, host: ModelHost) -> None:
-    """Drop a model from this process when the last service using it stops."""
+    """Drop a model from this process when the last service using it stops; across any Redis
+    outage, reconnect for as long as it takes and then drop what was unloaded meanwhile."""
 
     def run() -> None:
-        pubsub = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(UNLOAD_CHANNEL)
-        for message in pubsub.listen():
+        backoff, never = Backoff(), threading.Event()
+        while True:
             try:
-                host.drop(int(json.loads(message["data"])["version_id"]))
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignored a malformed unload message: %r", message)
+                _listen(redis_url, host, backoff)
+            except Exception as exc:  # noqa: BLE001 - Redis or the database down: keep trying
+                log.warning("unload listener lost Redis (%s); reconnecting", exc)
+            backoff.wait(never)
 
     threading.Thread(target=run, name="detserve-unload", daemon=True).start()
+
+
+PING_SECONDS = 5.0  # a listener that hears nothing, not even its own pings, is on a dead link
+
+
+def _listen(redis_url: str, host: ModelHost, backoff: Backoff) -> None:
+    pubsub = redis_client(redis_url).pubsub()
+    try:
+        pubsub.subscribe(UNLOAD_CHANNEL)
+        heard = pinged = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - pinged >= PING_SECONDS:
+                pubsub.ping()
+                pinged = now
+            if now - heard > 3 * PING_SECONDS:
+                raise redis.ConnectionError(f"no reply from Redis for {now - heard:.0f} s")
+            message = pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            heard = now
+            if message["type"] == "subscribe":
+                backoff.reset()  # subscribed: from now on unloads reach us; drop those we missed
+                host.keep_only(versions_in_use(host.rt))
+            elif message["type"] == "message":
+                _unload(host, message)
+    finally:
+        pubsub.close()
+
+
+def _unload(host: ModelHost, message: dict[str, Any]) -> None:
+    try:
+        host.drop(int(json.loads(message["data"])["version_id"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignored a malformed unload message: %r", message)

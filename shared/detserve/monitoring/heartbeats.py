@@ -5,11 +5,13 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import uuid
 from typing import Any
 
 import redis
 from celery import signals
 
+from detserve.celery_app import redis_client
 from detserve.config import Settings
 
 KEY = "detserve:workers:{flavor}"
@@ -53,18 +55,28 @@ class Heart:
             try:
                 beat(self.client, self.flavor, self.worker)
             except redis.RedisError:
-                pass  # the broker is down; the next beat tries again
+                pass  # the broker is down or hung (calls are bounded); the next beat tries again
             self._stop.wait(self.period)
 
 
-def connect_heartbeat(settings: Settings, role: str) -> None:
-    """Beat as `role` (a flavor, or "scheduler") from the worker's main process once it is ready."""
+class Identity:
+    """The name this worker process beats under: its Celery hostname plus a per-start token, so
+    that a worker restarted under the same hostname is not taken for the one that died."""
+
+    name: str | None = None
+
+
+def connect_heartbeat(settings: Settings, role: str) -> Identity:
+    """Beat as `role` (a flavor, or "scheduler") from the worker's main process once it is ready;
+    the returned identity holds the name it beats under from then on."""
     heart: dict[str, Heart] = {}
+    me = Identity()
 
     @signals.worker_ready.connect(weak=False)
     def _start(sender: Any = None, **_: Any) -> None:
-        name = getattr(sender, "hostname", None) or f"{role}@{socket.gethostname()}"
-        heart["h"] = Heart(redis.Redis.from_url(settings.redis_url), role, name,
+        host = getattr(sender, "hostname", None) or f"{role}@{socket.gethostname()}"
+        me.name = f"{host}/{uuid.uuid4().hex[:8]}"
+        heart["h"] = Heart(redis_client(settings.redis_url), role, me.name,
                            settings.heartbeat_seconds)
         heart["h"].start()
 
@@ -72,3 +84,5 @@ def connect_heartbeat(settings: Settings, role: str) -> None:
     def _stop(**_: Any) -> None:
         if "h" in heart:
             heart["h"].stop()
+
+    return me

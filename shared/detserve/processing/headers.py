@@ -17,14 +17,19 @@ from detserve.errors import InvalidImage
 KEEP_SECONDS = 900  # an image whose task is not taken by then is dropped
 
 
-def take(client: redis.Redis, key: str) -> bytes:
-    """The image's bytes, removed from Redis (each task reads its image once).
+class ImageGone(InvalidImage):
+    """The image's key is gone: it expired before a worker took the task."""
+
+
+def read(client: redis.Redis, key: str) -> bytes:
+    """The image's bytes. They stay in Redis until the task ends (its worker deletes them), so a
+    task redelivered after its worker died still finds them.
 
     Raises:
-        InvalidImage: the image expired before a worker took the task.
+        ImageGone: the image expired before a worker took the task.
     """
-    data = client.getdel(key)
+    data = client.get(key)
     if data is None:
-        raise InvalidImage(f"the image waited over {KEEP_SECONDS} s for a worker and was dropped; "
-                           "send it again")
+        raise ImageGone(f"the image waited over {KEEP_SECONDS} s for a worker and was dropped; "
+                        "send it again")
     return cast(bytes, data)  # the client is not decoding responses

@@ -68,10 +68,25 @@ def create_service(
         session.add(service)
         session.add(ServiceEvent(service_id=service.id, at=now, from_status=None,
                                  to_status=status.DEPLOYING, reason="created"))
-    rt.bus.deploy(service.id, flavor)  # only after the row is committed
+    _send_deploy(rt, service.id, flavor)  # only after the row is committed
     log.info("created: %s v%s queued for a %s worker", version.model, version.version, flavor,
              extra={"service_id": service.id})
     return service, key
+
+
+def _send_deploy(rt: Runtime, service_id: str, flavor: str) -> None:
+    """Queue the deploy; a broker that refuses it leaves the service Failed with the reason (not
+    Deploying with no deploy on its way) and the caller gets the outage (a 503)."""
+    try:
+        rt.bus.deploy(service_id, flavor)
+    except Exception:
+        try:
+            status.transition(rt.store, service_id, status.DEPLOYING, status.FAILED,
+                              reason="deploy_not_sent", error="the deploy could not be queued "
+                              "(the broker did not answer); start the service again")
+        except StaleTransition:
+            pass
+        raise
 
 
 def get_service(rt: Runtime, service_id: str) -> Service:
@@ -80,6 +95,11 @@ def get_service(rt: Runtime, service_id: str) -> Service:
     if row is None:
         raise NotFound(f"no service {service_id!r}")
     return row
+
+
+def find_service(rt: Runtime, service_id: str) -> Service | None:
+    with rt.store.session(readonly=True) as session:
+        return session.get(Service, service_id)
 
 
 def start(rt: Runtime, service_id: str, reason: str = "user") -> Service:
@@ -92,7 +112,7 @@ def start(rt: Runtime, service_id: str, reason: str = "user") -> Service:
                           error=None, stop_at=None, stop_token=None)
     except StaleTransition:
         return get_service(rt, service_id)  # a start at the same moment won: this one is a no-op
-    rt.bus.deploy(service_id, service.flavor)
+    _send_deploy(rt, service_id, service.flavor)
     log.info("queued for a %s worker", service.flavor, extra={"service_id": service_id})
     return get_service(rt, service_id)
 
@@ -110,7 +130,7 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
         return False  # someone else stopped it first
     if service.stop_token:
         rt.bus.revoke(service.stop_token)
-    if not _version_in_use(rt, service.version_id):
+    if not version_in_use(rt, service.version_id):
         rt.bus.unload(service.version_id)
     status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
     return True
@@ -158,9 +178,13 @@ def update_auto_stop(rt: Runtime, service_id: str, auto_stop: dict[str, Any]) ->
         row.auto_stop_hours = auto_stop["hours"]
         row.auto_stop_idle_minutes = auto_stop.get("idle_minutes")
         row.updated_at = utcnow()
+        if row.status != status.RUNNING:  # an old arming kept for a redeploy no longer applies
+            row.stop_at, row.stop_token = None, None
     if old.stop_token:
         rt.bus.revoke(old.stop_token)
-    if old.status == status.RUNNING:
+    # Read the status after our write: a deploy that finished meanwhile armed with the old
+    # setting (or re-reads ours itself, complete_deploy), so a Running service is armed anew.
+    if get_service(rt, service_id).status == status.RUNNING:
         arm(rt, service_id)
     return get_service(rt, service_id)
 
@@ -174,10 +198,17 @@ def events(rt: Runtime, service_id: str) -> list[ServiceEvent]:
         ))
 
 
-def _version_in_use(rt: Runtime, version_id: int) -> bool:
+def version_in_use(rt: Runtime, version_id: int) -> bool:
     with rt.store.session(readonly=True) as session:
         return bool(session.scalar(select(func.count()).where(
             Service.version_id == version_id, Service.status.in_(status.ACTIVE))))
+
+
+def versions_in_use(rt: Runtime) -> set[int]:
+    """The versions of every Deploying or Running service: what workers should keep loaded."""
+    with rt.store.session(readonly=True) as session:
+        return set(session.scalars(select(Service.version_id).where(
+            Service.status.in_(status.ACTIVE)).distinct()))
 
 
 # ---- auto stop ----------------------------------------------------------------------------
@@ -229,26 +260,6 @@ def sweep(rt: Runtime) -> list[str]:
     return [sid for sid, token in due if token and auto_stop(rt, sid, token)]
 
 
-def fail_stuck_deploys(rt: Runtime, timeout: float) -> list[str]:
-    """Deploying for longer than `timeout`: its deploy was lost (a worker died mid-load, the flavor's
-    workers went away). Fail it with a reason, so it never hangs in Deploying; start retries."""
-    cutoff = utcnow() - timedelta(seconds=timeout)
-    with rt.store.session(readonly=True) as session:
-        stuck = session.scalars(select(Service.id).where(
-            Service.status == status.DEPLOYING, Service.updated_at < cutoff)).all()
-    failed = []
-    for sid in stuck:
-        try:
-            status.transition(
-                rt.store, sid, status.DEPLOYING, status.FAILED, reason="deploy_timeout",
-                error=f"no worker finished deploying this service within {timeout:g} s (a worker "
-                      "may have stopped, or none of its flavor is running); start it again")
-            failed.append(sid)
-        except StaleTransition:
-            continue  # it finished meanwhile
-    return failed
-
-
 def recover(rt: Runtime) -> list[str]:
     """After a restart, send every service that should be up back to a worker."""
     with rt.store.session(readonly=True) as session:
@@ -278,11 +289,12 @@ def recover(rt: Runtime) -> list[str]:
 # ---- worker side --------------------------------------------------------------------------
 
 
-def complete_deploy(rt: Runtime, service_id: str, load: Any) -> str:
+def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -> str:
     """Load the model (`load(version)` warms it up), then Deploying → Running and arm auto stop.
 
-    A stop that arrived meanwhile wins the compare-and-set; a model that cannot load leaves the
-    service Failed with the reason. Returns the status the service ends in.
+    A stop that arrived meanwhile wins the compare-and-set, and the model loaded for nothing is
+    dropped again (`drop(version_id)`) unless another service uses it; a model that cannot load
+    leaves the service Failed with the reason. Returns the status the service ends in.
     """
     with rt.store.session(readonly=True) as session:
         service = session.get(Service, service_id)
@@ -301,6 +313,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any) -> str:
         except StaleTransition:
             pass
         return status.FAILED
+    service = get_service(rt, service_id)  # as it is now: auto stop may have changed meanwhile
     # A service redeployed after a restart keeps the auto stop it was armed with.
     keep = service.stop_token is not None and service.stop_at is not None
     fields = {} if keep else arming(rt, service.auto_stop_hours, service.auto_stop_enabled)
@@ -308,7 +321,19 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any) -> str:
         status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
                           reason="deployed", error=None, **fields)
     except StaleTransition:
+        if drop is not None and not version_in_use(rt, version.id):
+            drop(version.id)  # stopped while loading: its unload came before the model did
         return get_service(rt, service_id).status
     send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
                                               "stop_at": service.stop_at})
+    _rearm_if_changed(rt, service_id, service)
     return status.RUNNING
+
+
+def _rearm_if_changed(rt: Runtime, service_id: str, armed_with: Service) -> None:
+    """An auto-stop change that landed between our read and Running saw Deploying and left the
+    arming to us: arm again with what is stored now."""
+    now = get_service(rt, service_id)
+    if now.status == status.RUNNING and (now.auto_stop_enabled, now.auto_stop_hours) != (
+            armed_with.auto_stop_enabled, armed_with.auto_stop_hours):
+        arm(rt, service_id)

@@ -66,17 +66,32 @@ class Store:
         self.engine.dispose()
 
 
+# Nothing waits on the database without a bound: a lock held too long, a hung or unreachable
+# server fails the call (the API answers 503) instead of holding its caller.
+BUSY_SECONDS = 10
+CONNECT_SECONDS = 5
+STATEMENT_SECONDS = 15
+
+
 def _make_engine(url: str) -> Engine:
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, connect_args={
+            "connect_timeout": CONNECT_SECONDS,
+            "options": f"-c statement_timeout={STATEMENT_SECONDS * 1000} "
+                       f"-c lock_timeout={BUSY_SECONDS * 1000}",
+            # the server's timeouts cannot end a wait on a dead link: the kernel's can
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3, "tcp_user_timeout": STATEMENT_SECONDS * 1000})
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, future=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS)
+    engine = create_engine(url, connect_args={"timeout": BUSY_SECONDS, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # WAL lets the API read while a worker writes; the busy timeout rides out short locks.
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_SECONDS * 1000}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
         # Take over BEGIN from pysqlite so that writers can ask for BEGIN IMMEDIATE.

@@ -13,17 +13,49 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", json, form, auth = true } = {}) {
+// A 503 is our fault and passes (the broker or database is restarting): say so and try again
+// after its Retry-After, a few times. Requests that would do something twice (a new service, an
+// upload) are not repeated: the caller is told to try again.
+const RETRIES_503 = 5;
+
+async function api(path, { method = "GET", json, form, auth = true, retry = method !== "POST" } = {}) {
   const headers = {};
   if (auth) headers.Authorization = `Bearer ${state.token}`;
   let body;
   if (json !== undefined) { headers["Content-Type"] = "application/json"; body = JSON.stringify(json); }
   if (form) body = form;
-  const resp = await fetch(path, { method, headers, body });
-  if (resp.status === 204) return null;
-  const data = await resp.json().catch(() => null);
-  if (!resp.ok) throw new ApiError(resp.status, data);
-  return data;
+  let waiting = false;
+  try {
+    for (let attempt = 0; ; attempt++) {
+      const resp = await fetch(path, { method, headers, body });
+      if (resp.status === 204) return null;
+      const data = await resp.json().catch(() => null);
+      if (resp.status === 503 && retry && attempt < RETRIES_503) {
+        if (!waiting) { waiting = true; unavailable(+1); }
+        const wait = Math.min(10, Number(resp.headers.get("Retry-After")) || 2);
+        await new Promise((done) => setTimeout(done, wait * 1000));
+        continue;
+      }
+      if (resp.status === 503) throw new ApiError(503, { error: { code: "unavailable",
+        message: "detserve is temporarily unavailable; try again in a few seconds." } });
+      if (!resp.ok) throw new ApiError(resp.status, data);
+      return data;
+    }
+  } finally {
+    if (waiting) unavailable(-1);
+  }
+}
+
+// Shown while any request waits to be retried after a 503.
+function unavailable(change) {
+  state.retrying = (state.retrying || 0) + change;
+  let note = $("#unavailable");
+  if (!note) {
+    note = el("p", { id: "unavailable", className: "error", role: "status",
+                     textContent: "detserve is temporarily unavailable, retrying…" });
+    document.body.prepend(note);
+  }
+  note.hidden = state.retrying <= 0;
 }
 
 function describe(err) {
@@ -283,7 +315,7 @@ async function loadServices() {
 async function act(svc, action) {
   $("#services-error").textContent = "";
   try {
-    await api(`/v1/services/${svc.id}/${action}`, { method: "POST" });
+    await api(`/v1/services/${svc.id}/${action}`, { method: "POST", retry: true });  // idempotent
     await loadServices();
     if (state.selected === svc.id) await loadDetail();
   } catch (err) {
@@ -373,7 +405,7 @@ async function predict(event) {
   $("#boxes").replaceChildren();
   $("#result-table tbody").replaceChildren();
   try {
-    const result = await api(`/v1/services/${state.selected}/predict`, { method: "POST", form });
+    const result = await api(`/v1/services/${state.selected}/predict`, { method: "POST", form, retry: true });
     img.src = URL.createObjectURL(file);
     await img.decode().catch(() => {});
     state.result = result;
