@@ -16,7 +16,7 @@ from conftest import make_settings
 from detserve.celery_app import make_celery
 from detserve.errors import NotFound
 from detserve.lane.bus import CeleryBus
-from detserve.service import deployments, status
+from detserve.service import deployments, repairs, status
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.demo import build_blob_detector
 from detserve.service.versions import register_version
@@ -234,7 +234,7 @@ def test_fail_stuck_deploys_fails_only_old_deploys(rt):
     old, fresh = new_service(rt), new_service(rt)
     with rt.store.session() as session:
         session.get(Service, old).updated_at = utcnow() - timedelta(seconds=100)
-    assert deployments.fail_stuck_deploys(rt, 50.0) == [old]
+    assert repairs.fail_stuck_deploys(rt, 50.0) == [old]
     assert deployments.get_service(rt, old).status == status.FAILED
     assert "start it again" in deployments.get_service(rt, old).error
     assert deployments.get_service(rt, fresh).status == status.DEPLOYING
@@ -326,7 +326,7 @@ def test_a_stuck_deploy_that_finishes_while_the_sweep_looks_is_left_running(rt):
 
     event.listen(rt.store.engine, "after_cursor_execute", deploy_finishes)
     try:
-        assert deployments.fail_stuck_deploys(rt, 50.0) == []
+        assert repairs.fail_stuck_deploys(rt, 50.0) == []
     finally:
         event.remove(rt.store.engine, "after_cursor_execute", deploy_finishes)
     assert finished == [True] and deployments.get_service(rt, sid).status == status.RUNNING
@@ -385,7 +385,7 @@ def test_stuck_deploys_after_one_that_finished_are_still_failed(rt):
 
     event.listen(rt.store.engine, "after_cursor_execute", one_finishes)
     try:
-        failed = deployments.fail_stuck_deploys(rt, 50.0)
+        failed = repairs.fail_stuck_deploys(rt, 50.0)
     finally:
         event.remove(rt.store.engine, "after_cursor_execute", one_finishes)
     assert failed == [s for s in (first, second) if s != finished[0]]
