@@ -69,6 +69,6 @@ def test_a_503_shows_retrying_and_the_request_succeeds_once_redis_is_back(served
             redis_server.signal(signal.SIGCONT)
             page.wait_for_function("window.outcome !== null", timeout=30_000)
             assert page.evaluate("window.outcome") == "ok"
-            assert note.is_hidden()
+            note.wait_for(state="hidden", timeout=20_000)  # once the console's own polls retry too
         finally:
             browser.close()
