@@ -145,18 +145,38 @@ def _answer(body: dict[str, Any]) -> Any:
 
 
 def _group_of(data_dir: Path, marker: str) -> int:
-    pid = next(int(line.split(":")[0]) for line in leftovers(data_dir) if marker in line)
-    return os.getpgid(pid)
+    """The process group of the child whose command line has `marker` (waiting for detserve up
+    to start it again, should it be restarting)."""
+    pids = wait_for(lambda: [int(line.split(":")[0]) for line in leftovers(data_dir)
+                             if marker in line], 30, 0.2, what=f"a process with {marker}")
+    return os.getpgid(pids[0])  # type: ignore[index]
+
+
+def _redis_url(data_dir: Path) -> str:
+    worker = next(int(line.split(":")[0]) for line in leftovers(data_dir)
+                  if "detserve_scheduler" in line)
+    env = dict(item.split("=", 1) for item in Path(f"/proc/{worker}/environ").read_text()
+               .split("\0") if "=" in item)
+    return env["DETSERVE_REDIS_URL"]
+
+
+def _where(data_dir: Path, task_id: str) -> dict[str, Any]:
+    """What Redis holds of a task (for the failure message)."""
+    import redis
+
+    r = redis.Redis.from_url(_redis_url(data_dir))
+    return {"image_ttl": r.ttl(f"detserve:image:{task_id}"),
+            "owner": r.get(f"detserve:task:{task_id}"),
+            "meta": r.get(f"celery-task-meta-{task_id}"),
+            "claim": r.hget("detserve:inflight", task_id),
+            "queued": task_id.encode() in b"".join(r.lrange("cpu", 0, -1)),
+            "unacked": any(task_id.encode() in v for v in r.hvals("unacked"))}
 
 
 def _redis_group(data_dir: Path) -> int:
     """Redis rewrites its process title (`redis-server 127.0.0.1:PORT`), arguments and
     environment gone: find it by the port the other children were given."""
-    worker = next(int(line.split(":")[0]) for line in leftovers(data_dir)
-                  if "detserve_scheduler" in line)
-    env = dict(item.split("=", 1) for item in Path(f"/proc/{worker}/environ").read_text()
-               .split("\0") if "=" in item)
-    address = env["DETSERVE_REDIS_URL"].removeprefix("redis://").split("/")[0]
+    address = _redis_url(data_dir).removeprefix("redis://").split("/")[0]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
@@ -233,7 +253,8 @@ def test_faults_under_load(tmp_path: Path) -> None:
         assert 500 not in load.record.statuses, summary
         assert not wrong_tasks, (
             f"async tasks that never ended or were wrong: {wrong_tasks}, submitted at "
-            f"{ {t: load.record.submitted[t] for t in wrong_tasks} }, faults at {at}")
+            f"{ {t: load.record.submitted[t] for t in wrong_tasks} }, faults at {at}; in Redis: "
+            f"{ {t: _where(data_dir, t) for t in wrong_tasks} }")
         assert all(v is not None and v < RECOVERY for v in recovered.values()), summary
 
         # and the timer service stopped itself exactly once, on time

@@ -62,9 +62,11 @@ LOST_AFTER = 30.0  # an accepted task neither queued nor claimed nor started for
 
 
 def resend_lost(app: Celery, client: redis.Redis, rt: Runtime) -> list[str]:
-    """Send again accepted async predictions whose message vanished in transit: a worker popped
-    it and died, or Redis died, before the worker recorded it (kombu's Redis transport keeps a
-    message nowhere in that moment). A task sent twice is answered twice, alike."""
+    """Send again accepted async predictions still PENDING with their image waiting for over
+    LOST_AFTER s and no message queued: a worker popped it and died, or Redis died, before the
+    worker recorded it (kombu's Redis transport keeps a message nowhere in that moment), or a
+    worker lost Redis mid-task and could record nothing. A task sent twice is answered twice,
+    alike."""
     lost, queued = [], None
     for raw in client.scan_iter(match=IMAGE_KEYS, count=1000):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -73,12 +75,15 @@ def resend_lost(app: Celery, client: redis.Redis, rt: Runtime) -> list[str]:
             continue
         owner = _text(client.get(TASK_SERVICE.format(task_id=task_id)))
         service = deployments.find_service(rt, owner) if owner else None
-        if service is None or client.hexists(inflight.KEY, task_id):
+        if service is None:
             continue
         if queued is None:  # read once per sweep, and only when a task looks lost
             queued = "".join(_text(m) or "" for m in client.lrange(service.flavor, 0, -1))
         if task_id in queued or app.AsyncResult(task_id).state != "PENDING":
             continue
+        # A claim left by a live worker that lost Redis mid-task (its release failed too) must
+        # not hold the task forever; a task a busy worker merely prefetched runs twice, alike.
+        inflight.release(client, task_id)
         app.send_task(names.PREDICT, args=[service.version_id, key], task_id=task_id,
                       queue=service.flavor)
         lost.append(task_id)
