@@ -9,6 +9,7 @@ and scheduler processes and SIGKILL the worker mid-task.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from detserve.config import Settings
 from detserve.errors import Unavailable
 from detserve.inference.batching import Batcher
 from detserve.inference.host import ModelHost
+from detserve.monitoring import heartbeats
 from detserve.processing.headers import KEEP_SECONDS
 from detserve.service import deployments, status
 from detserve.service.artifacts import ArtifactStore
@@ -348,6 +350,14 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
     r = redis.Redis.from_url(repairs_stack.settings.redis_url)
     r.set(f"detserve:image:{task_id}", IMAGE, ex=KEEP_SECONDS - 60)  # taken a minute ago
     r.set(f"detserve:task:{task_id}", sid, ex=3600)
+    # (what it was sent with is known only from a claim a worker left: here, one that lost
+    # Redis mid-task; without one the task ends FAILURE with the reason, never a guess)
+    with repairs_stack.store.session(readonly=True) as session:
+        version_id = session.get(Service, sid).version_id
+    heartbeats.beat(r, "cpu", "cpu@lost-redis/0", now=time.time() + 3600)  # alive all along
+    r.hset("detserve:inflight", task_id, json.dumps({
+        "task": "worker.predict", "args": [version_id, f"detserve:image:{task_id}"],
+        "queue": "cpu", "worker": "cpu@lost-redis/0", "since": time.time() - 60}))
     # then the sweep sends it again and it is answered
     seen: dict[str, Any] = {}
 
@@ -358,4 +368,12 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
     wait_for(ended, 30, 0.2, what=lambda: f"the lost task to be sent again (last: {seen})")
     assert seen["status"] == "SUCCESS", seen
     assert seen["result"]["detection_boxes"] == calm.json["detection_boxes"]
+    heartbeats.forget(r, "cpu", "cpu@lost-redis/0")
+    # and one lost with nothing to say what it was sent with ends FAILURE with the reason
+    task_id = str(uuid.uuid4())
+    r.set(f"detserve:image:{task_id}", IMAGE, ex=KEEP_SECONDS - 60)
+    r.set(f"detserve:task:{task_id}", sid, ex=3600)
+    seen.clear()
+    wait_for(ended, 30, 0.2, what=lambda: f"the lost task to end (last: {seen})")
+    assert seen["status"] == "FAILURE" and "lost in transit" in seen["error"], seen
     client.post(f"/v1/services/{sid}/stop", headers=AUTH)

@@ -10,6 +10,8 @@ ends), a few times at most, then ends FAILURE with the reason.
 
 from __future__ import annotations
 
+import json
+
 import redis
 from celery import Celery
 
@@ -81,11 +83,17 @@ def resend_lost(app: Celery, client: redis.Redis, rt: Runtime) -> list[str]:
             queued = "".join(_text(m) or "" for m in client.lrange(service.flavor, 0, -1))
         if task_id in queued or app.AsyncResult(task_id).state != "PENDING":
             continue
-        # A claim left by a live worker that lost Redis mid-task (its release failed too) must
-        # not hold the task forever; a task a busy worker merely prefetched runs twice, alike.
+        # A claim left by a live worker that lost Redis mid-task (its release failed too) holds
+        # the task's own arguments (answer options included): send those again. Without one the
+        # options are unknown, and a guess could answer wrongly: end it with the reason.
+        claim = client.hget(inflight.KEY, task_id)
         inflight.release(client, task_id)
-        app.send_task(names.PREDICT, args=[service.version_id, key], task_id=task_id,
-                      queue=service.flavor)
+        if claim is None:
+            app.backend.mark_as_failure(task_id, Unavailable(
+                "the prediction was lost in transit (the broker restarted); send it again"))
+        else:
+            app.send_task(names.PREDICT, args=json.loads(claim)["args"], task_id=task_id,
+                          queue=service.flavor)
         lost.append(task_id)
     return lost
 
