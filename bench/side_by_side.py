@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("tree_b", type=Path)
     parser.add_argument("--seconds", type=float, default=40)
     args = parser.parse_args()
-    from yolov8n import bench_image
+    from steps import bench_image
 
     image, model = bench_image(), demo_model_bytes()
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
