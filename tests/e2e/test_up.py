@@ -1,14 +1,21 @@
 """`detserve up`: one command runs everything; Ctrl-C/SIGTERM leaves nothing behind; a restart
-on the same data dir finds everything as it was, Running services running again."""
+on the same data dir finds everything as it was, Running services running again. What it runs is
+private to its user: Redis wants a password, every file is 0600, secrets are in no command line."""
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import signal
 import socket
+import stat
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
 import requests
 from api_client import ApiClient
 
@@ -20,14 +27,19 @@ from support import Proc, child_env, detserve_cmd, free_port, wait_for
 pytestmark = pytest.mark.slow
 
 
-def start_up(data_dir: Path, port: int, log: Path, **env_extra: str) -> Proc:
+def up_env(data_dir: Path, **env_extra: str) -> dict[str, str]:
     env = child_env(Settings(data_dir=data_dir).resolved())
     for name in ("DETSERVE_REDIS_URL", "DETSERVE_DATABASE_URL", "DETSERVE_ADMIN_TOKEN",
-                 "DETSERVE_API_URL"):
-        env.pop(name, None)  # the embedded default: its own Redis, SQLite
+                 "DETSERVE_ARTIFACT_TOKEN", "DETSERVE_API_URL", "DETSERVE_SHM_DIR"):
+        env.pop(name, None)  # the embedded default: its own Redis, SQLite, shared memory
     env["DETSERVE_HEARTBEAT_SECONDS"] = "1"
     env.update(env_extra)
-    proc = Proc("up", detserve_cmd("up", "--data-dir", str(data_dir), "--port", str(port)), env, log)
+    return env
+
+
+def start_up(data_dir: Path, port: int, log: Path, *args: str, **env_extra: str) -> Proc:
+    proc = Proc("up", detserve_cmd("up", "--data-dir", str(data_dir), "--port", str(port), *args),
+                up_env(data_dir, **env_extra), log)
     proc.start()
     wait_for(lambda: _up_or_dead(proc), 120, 0.2, what="detserve up to print its address")
     return proc
@@ -73,12 +85,18 @@ def stop(proc: Proc, data_dir: Path, port: int) -> None:
 
 
 def test_up_restart_keeps_everything(tmp_path):
-    data_dir, port = tmp_path / "data", free_port()
-    proc = start_up(data_dir, port, tmp_path / "up1.log")
+    data_dir, port, flower_port = tmp_path / "data", free_port(), free_port()
+    data_dir.mkdir()
+    data_dir.chmod(0o755)  # as an older detserve, or the default umask, left it
+    (data_dir / "admin_token").write_text(" \n")  # a crash between creating and writing it
+    proc = start_up(data_dir, port, tmp_path / "up1.log", "--flower", "--flower-port",
+                    str(flower_port))
     try:
         token = (data_dir / "admin_token").read_text().strip()
-        assert token in proc.tail(100_000)
+        assert token and token in proc.tail(100_000)
+        assert f"{data_dir / 'admin_token'} was empty" in proc.tail(100_000)  # and it says so
         api = ApiClient(f"http://127.0.0.1:{port}", token)
+        check_private_host(data_dir, port, token, flower_port, api)
         # the demo model is there on first start, and deploys at once
         models = api.get("/v1/models").json()["models"]
         assert [m["name"] for m in models] == ["demo-detector"]
@@ -128,6 +146,112 @@ def test_up_restart_keeps_everything(tmp_path):
         assert reasons[-2:] == ["restart", "deployed"]
     finally:
         stop(proc, data_dir, port)
+
+
+def check_private_host(data_dir: Path, port: int, token: str, flower_port: int,
+                       api: ApiClient) -> None:
+    """What another user of this host, or a worker's stolen credential, can reach: nothing."""
+    # an empty bearer token is not the admin's, even where a blank token file was found
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/v1/models", headers={"Authorization": "Bearer "})
+    assert conn.getresponse().status == 401
+    conn.close()
+    # the artifact token reads artifacts, and opens nothing else
+    artifact_token = (data_dir / "artifact_token").read_text().strip()
+    sha = api.get("/v1/models/demo-detector/versions/1").json()["sha256"]
+    reader = {"Authorization": f"Bearer {artifact_token}"}
+    blob = requests.get(f"{api.base}/v1/artifacts/{sha}", headers=reader, timeout=10)
+    assert blob.status_code == 200 and hashlib.sha256(blob.content).hexdigest() == sha
+    assert requests.get(f"{api.base}/v1/models", headers=reader, timeout=10).status_code == 401
+    assert requests.post(f"{api.base}/v1/services", headers=reader, timeout=10,
+                         json={"model": "demo-detector", "version": 1}).status_code == 401
+    # the embedded Redis wants the password kept in the data dir, and listens on loopback only
+    password = (data_dir / "redis_password").read_text().strip()
+    procs = processes(data_dir)
+    api_env = next(env for cmd, env in procs.values() if "gunicorn" in cmd)
+    url = urlsplit(api_env["DETSERVE_REDIS_URL"])
+    assert url.password == password and len(password) >= 32
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=url.port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=url.port, password="guess").ping()
+    authed = redis.Redis(host="127.0.0.1", port=url.port, password=password, decode_responses=True)
+    assert authed.config_get("bind")["bind"] == "127.0.0.1"
+    assert authed.config_get("protected-mode")["protected-mode"] == "yes"
+    authed.close()
+    # no secret on any command line (`ps` shows those to everyone); each child holds only its own
+    for cmd, env in procs.values():
+        for secret in (token, artifact_token, password):
+            assert secret not in cmd, cmd
+        if "detserve_worker" in cmd or "detserve_scheduler" in cmd:
+            assert "DETSERVE_ADMIN_TOKEN" not in env, cmd
+            assert env.get("DETSERVE_ARTIFACT_TOKEN") == (
+                None if "detserve_scheduler" in cmd else artifact_token), cmd
+    flower_env = next(env for cmd, env in procs.values() if "celery flower" in cmd)
+    assert flower_env["FLOWER_BASIC_AUTH"] == f"admin:{token}"
+    flower = f"http://127.0.0.1:{flower_port}/workers"
+    wait_for(lambda: _answers(flower), 60, 0.3, what="flower to answer")
+    assert requests.get(flower, timeout=10).status_code == 401
+    assert requests.get(flower, auth=("admin", token), timeout=10).status_code == 200
+    # everything in the data dir (database, Redis' files, models, logs, secrets) is private
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    for path in [data_dir, *data_dir.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is {stat.S_IMODE(path.stat().st_mode):o}"
+    assert any(p.parent.parent.name == "artifacts" for p in data_dir.rglob("*"))  # models were seen
+    shm = Path(embedded_shm_dir(Settings(data_dir=data_dir).resolved()))
+    assert shm.stat().st_uid == os.geteuid() and stat.S_IMODE(shm.stat().st_mode) == 0o700
+
+
+def processes(data_dir: Path) -> dict[int, tuple[str, dict[str, str]]]:
+    """This `detserve up`'s processes: their command lines and environments."""
+    found = {}
+    for line in leftovers(data_dir):
+        pid = int(line.split(":")[0])
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        found[pid] = (cmd, dict(v.split("=", 1) for v in raw.split("\0") if "=" in v))
+    return found
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code in (200, 401)
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.parametrize("kind", ["open to others", "a link", "another user's"])
+def test_up_refuses_a_shared_memory_dir_it_does_not_own(tmp_path, kind):
+    # given the predictable shared-memory directory of this data dir, made by someone else
+    data_dir = tmp_path / "data"
+    shm = Path(embedded_shm_dir(Settings(data_dir=data_dir).resolved()))
+    if kind == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        shm.symlink_to(tmp_path / "elsewhere")
+    else:
+        shm.mkdir()
+        shm.chmod(0o777 if kind == "open to others" else 0o700)
+        if kind == "another user's":
+            if os.geteuid() != 0:
+                pytest.skip("making a directory of another user needs root")
+            os.chown(shm, 65534, 65534)
+    try:
+        # when detserve up starts, it refuses at once, saying why, and starts nothing
+        proc = subprocess.run(detserve_cmd("up", "--data-dir", str(data_dir), "--port",
+                                           str(free_port())),
+                              env=up_env(data_dir), capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0
+        assert f"refusing the shared-memory directory {shm}" in proc.stderr, proc.stderr
+        assert not leftovers(data_dir)
+        assert shm.is_symlink() or shm.is_dir()  # nor is it removed: it is not ours
+    finally:
+        if shm.is_symlink():
+            shm.unlink()
+        else:
+            shm.rmdir()
 
 
 def test_auto_stop_survives_a_scheduler_killed_by_sigkill(tmp_path):
