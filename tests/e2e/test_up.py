@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -251,7 +252,7 @@ def test_up_refuses_a_shared_memory_dir_it_does_not_own(tmp_path, kind):
         if shm.is_symlink():
             shm.unlink()
         else:
-            shm.rmdir()
+            shutil.rmtree(shm)
 
 
 def test_auto_stop_survives_a_scheduler_killed_by_sigkill(tmp_path):
