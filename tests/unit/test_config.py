@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detserve.config import Settings, admin_token
+import pytest
+
+from detserve.config import MissingToken, Settings, admin_token
 
 
 def test_defaults_work_locally(tmp_path):
@@ -27,8 +29,19 @@ def test_round_trip_through_a_child_environment(tmp_path):
     assert Settings.from_env(environ=s.to_env()) == s
 
 
-def test_admin_token_is_generated_once_and_kept(tmp_path):
-    s = Settings(data_dir=tmp_path).resolved()
-    first = admin_token(s)
-    assert first == admin_token(s) and len(first) >= 24
-    assert (tmp_path / "admin_token").stat().st_mode & 0o077 == 0
+def test_admin_token_comes_from_the_environment_else_the_data_dir(tmp_path):
+    assert admin_token(Settings(data_dir=tmp_path, admin_token=" env-token\n").resolved()) == "env-token"
+    (tmp_path / "admin_token").write_text("kept-token\n")
+    assert admin_token(Settings(data_dir=tmp_path).resolved()) == "kept-token"
+    # a blank variable does not hide the kept token
+    assert admin_token(Settings(data_dir=tmp_path, admin_token="  ").resolved()) == "kept-token"
+
+
+@pytest.mark.parametrize("kept", [None, "", " \n\t"])
+def test_an_empty_or_whitespace_admin_token_is_never_one(tmp_path, kept):
+    if kept is not None:
+        (tmp_path / "admin_token").write_text(kept)
+    for env_token in ("", "   "):
+        with pytest.raises(MissingToken, match="DETSERVE_ADMIN_TOKEN"):
+            admin_token(Settings(data_dir=tmp_path, admin_token=env_token).resolved())
+    assert not (tmp_path / "admin_token").exists() or kept is not None  # nothing was made up

@@ -3,6 +3,7 @@ the secrets kept there, and the shared-memory directory of `detserve up`."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import stat
@@ -68,28 +69,20 @@ def kept_secret(path: Path, what: str) -> str:
 
     A blank file (a crash or a full disk between creating and writing it) never holds a secret: it
     is replaced, and stderr says so. The file is written whole under a temporary name and renamed,
-    mode 0600, so no reader ever sees half of it.
+    mode 0600, so no reader ever sees half of it; a lock on the directory makes two `detserve up`s
+    starting at once agree on one secret.
     """
-    existing = read_secret(path)
-    if existing:
-        return existing
-    blank = path.exists()
-    secret = secrets.token_urlsafe(32)  # URL-safe: it also goes into redis:// URLs as it is
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: 0600
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if blank:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # never over one another process wrote meanwhile
-            except FileExistsError:
-                return read_secret(path) or kept_secret(path, what)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        existing = read_secret(path)
+        if existing:
+            return existing
+        blank = path.exists()
+        secret = secrets.token_urlsafe(32)  # URL-safe: it also goes into redis:// URLs as it is
+        write_private(path, secret)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)  # and the lock with it
     if blank:
         print(f"detserve: {path} was empty (interrupted while it was written?); "
               f"wrote a new {what} there", file=sys.stderr, flush=True)
@@ -102,6 +95,8 @@ def write_private(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not land before the bytes do
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
