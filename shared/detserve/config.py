@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 MB = 1024 * 1024
+PRIVATE_UMASK = 0o077  # what a component writes (images in Redis, models, logs, tokens): 0600/0700
 
 # price per hour of each flavor; DETSERVE_PRICE_CPU / DETSERVE_PRICE_GPU override them.
 DEFAULT_PRICES = {"cpu": 0.10, "gpu": 1.20}
@@ -103,6 +104,15 @@ def _coerce(name: str, raw: str) -> Any:
     if kind == "float":
         return float(raw)
     return raw
+
+
+def keep_files_private() -> None:
+    """From now on, every file this process (and what it execs) creates is its user's only.
+
+    Each component's entry point calls it, so the data dir, logs, database, Redis' files and
+    artifacts are never readable by other users of the host, whoever started the component.
+    """
+    os.umask(PRIVATE_UMASK)
 
 
 class MissingToken(RuntimeError):

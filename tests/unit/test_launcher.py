@@ -130,3 +130,21 @@ def test_detserve_api_refuses_to_start_without_an_admin_token(tmp_path, kept):
     assert proc.returncode == 2, proc.stderr
     assert "cannot start api: no admin token: set DETSERVE_ADMIN_TOKEN" in proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("entry", [
+    "import detserve_worker_cpu",
+    "import detserve_scheduler",
+    "from detserve_api import create_app; create_app()",
+    "from detserve_launcher.cli import main; main(['migrate'])",
+])
+def test_every_component_entry_point_keeps_its_files_private(tmp_path, entry):
+    # given a component started some other way than by `detserve`, under a permissive umask
+    env = component_env(Settings(data_dir=tmp_path / "data", redis_url="redis://127.0.0.1:1/0",
+                                 admin_token="x").resolved())
+    code = f"import os; os.umask(0o022); {entry}; print(oct(os.umask(0o022)))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    # then what it creates from then on is its user's only
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "0o77"

@@ -10,7 +10,7 @@ from flask import Flask
 
 from detserve import __version__
 from detserve.celery_app import make_celery, redis_client
-from detserve.config import Settings, admin_token
+from detserve.config import Settings, admin_token, keep_files_private
 from detserve.lane.bus import CeleryBus
 from detserve.lane.client import LaneClient
 from detserve.monitoring import counters as monitoring
@@ -32,6 +32,7 @@ def create_app(
     celery: Celery | None = None,
 ) -> Flask:
     """Build the API: settings from the environment, then `config` (tests) on top."""
+    keep_files_private()  # the entry point of every API process, however it is started
     settings = Settings.from_env().with_overrides(config or {})
     app = Flask(__name__)
     app.config.update(

@@ -7,9 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from detserve.config import MissingToken, Settings, admin_token
+from detserve.config import MissingToken, Settings, admin_token, keep_files_private
 from detserve_launcher import components
-from detserve_launcher.private import UMASK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.umask(UMASK)  # every file a component writes: tokens, images in Redis, models, logs
+    keep_files_private()  # and every component started from here: execve keeps the umask
     args = build_parser().parse_args(argv)
     if getattr(args, "data_dir", None):
         os.environ["DETSERVE_DATA_DIR"] = args.data_dir

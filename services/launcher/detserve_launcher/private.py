@@ -13,9 +13,6 @@ from pathlib import Path
 
 from detserve.config import read_secret
 
-# new files 0600 and directories 0700 in every process started from here (execve keeps the umask)
-UMASK = 0o077
-
 
 def private_dir(path: Path) -> Path:
     """Create `path` (and its parents) 0700, or make an existing one of ours 0700.

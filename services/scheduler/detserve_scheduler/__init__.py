@@ -9,7 +9,7 @@ from celery import Celery
 
 from detserve import tasknames as names
 from detserve.celery_app import make_celery
-from detserve.config import Settings
+from detserve.config import Settings, keep_files_private
 from detserve.monitoring import logs
 from detserve.monitoring.heartbeats import connect_heartbeat
 from detserve_scheduler.tasks import register_scheduler_tasks
@@ -29,4 +29,5 @@ def make_scheduler(settings: Settings) -> Celery:
     return app
 
 
+keep_files_private()
 app = make_scheduler(Settings.from_env())

@@ -9,7 +9,7 @@ from celery import Celery
 
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.celery_app import make_celery
-from detserve.config import Settings
+from detserve.config import Settings, keep_files_private
 from detserve.inference.worker import register_worker_tasks
 
 
@@ -20,4 +20,5 @@ def make_worker(settings: Settings) -> Celery:
     return app
 
 
+keep_files_private()
 app = make_worker(Settings.from_env())
