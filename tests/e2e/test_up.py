@@ -180,6 +180,9 @@ def check_private_host(data_dir: Path, port: int, token: str, flower_port: int,
     assert authed.config_get("bind")["bind"] == "127.0.0.1"
     assert authed.config_get("protected-mode")["protected-mode"] == "yes"
     authed.close()
+    # nor in a log (Celery's banner shows the broker URL)
+    for log in (data_dir / "logs").iterdir():
+        assert password not in log.read_text(errors="replace"), log
     # no secret on any command line (`ps` shows those to everyone); each child holds only its own
     for cmd, env in procs.values():
         for secret in (token, artifact_token, password):
