@@ -11,7 +11,6 @@ from pathlib import Path
 
 from detserve.config import Settings, admin_token
 
-
 KEEPALIVE_SECONDS = 75  # as nginx's keepalive_timeout
 
 
