@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -176,7 +177,8 @@ def _where(data_dir: Path, task_id: str) -> dict[str, Any]:
 def _redis_group(data_dir: Path) -> int:
     """Redis rewrites its process title (`redis-server 127.0.0.1:PORT`), arguments and
     environment gone: find it by the port the other children were given."""
-    address = _redis_url(data_dir).removeprefix("redis://").split("/")[0]
+    url = urlsplit(_redis_url(data_dir))  # redis://:password@host:port/0
+    address = f"{url.hostname}:{url.port}"
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_text()
