@@ -27,6 +27,7 @@ from detserve.service.demo import build_blob_detector
 from faultkit import Forwarder, PrivateRedis, postgres_database
 from support import ADMIN, Proc, blobs_image, child_env, detserve_cmd, wait_for
 
+ARTIFACT_READER = "remote-artifact-reader"
 PG_ADMIN = os.environ.get("DETSERVE_TEST_POSTGRES_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IMAGES = [blobs_image([("red", 40, 40, 90, 90)]), blobs_image([("green", 100, 60, 200, 160)]),
           blobs_image([("blue", 10, 200, 80, 300), ("red", 200, 20, 300, 120)])]
@@ -160,6 +161,7 @@ def test_a_worker_in_another_network_namespace_serves_loses_its_link_and_rejoins
         pg = Forwarder(link.host_ip, 5432)
         closers.append(pg.close)
         local = Settings(data_dir=tmp_path / "local", redis_url=server.url, admin_token=ADMIN,
+                         artifact_token=ARTIFACT_READER,
                          database_url=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
                          heartbeat_seconds=1.0, predict_timeout=TIMEOUT, worker_concurrency=2,
                          shm_dir="").resolved()
@@ -174,7 +176,8 @@ def test_a_worker_in_another_network_namespace_serves_loses_its_link_and_rejoins
         threading.Thread(target=http.serve_forever, daemon=True).start()
         closers.append(http.shutdown)
         remote = Settings(
-            data_dir=tmp_path / "remote", admin_token=ADMIN, heartbeat_seconds=1.0,
+            # the worker host holds no admin token: only the one that reads artifacts
+            data_dir=tmp_path / "remote", artifact_token=ARTIFACT_READER, heartbeat_seconds=1.0,
             redis_url=f"redis://{link.host_ip}:{server.port}/0",
             database_url=f"postgresql+psycopg://postgres@{link.host_ip}:{pg.port}/{database}",
             api_url=f"http://{link.host_ip}:{http.server_port}", predict_timeout=TIMEOUT,
