@@ -9,9 +9,8 @@ way; they are also listed here for an install whose metadata predates them (an o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cache
-from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -21,14 +20,6 @@ log = logging.getLogger(__name__)
 GROUP = "detserve.decoders"
 Shape = Sequence[int | str | None]
 Decoded = tuple[np.ndarray, np.ndarray, np.ndarray]  # boxes (K,4), scores (K,), classes (K,)
-
-BUILTINS = {
-    "yolo": "detserve.processing.heads.yolo:Yolo",
-    "boxes": "detserve.processing.heads.boxes:Boxes",
-    "centerface": "detserve.processing.heads.centerface:CenterFace",
-    "picodet": "detserve.processing.heads.picodet:PicoDet",
-}
-
 
 class Decoder(Protocol):
     """One kind of model head: which outputs it reads, and how they become boxes."""
@@ -54,18 +45,14 @@ class Decoder(Protocol):
 
 @cache
 def available() -> dict[str, Decoder]:
-    """Every installed decoder by name (the entry points, then any built-in they lack)."""
+    """Every installed decoder by name: the built-ins are entry points like any other (pyproject.toml),
+    so an install that predates one lacks it until `pip install -e .` runs again (make does)."""
     found: dict[str, Decoder] = {}
     for point in entry_points(group=GROUP):
         try:
             found.setdefault(point.name, point.load()())
         except Exception:  # one broken package must not take every other decoder down with it
             log.exception("decoder %r (%s) failed to load; it is left out", point.name, point.value)
-    for name, target in BUILTINS.items():
-        if name not in found:
-            module, attr = target.split(":")
-            factory: Callable[[], Decoder] = getattr(import_module(module), attr)
-            found[name] = factory()
     return found
 
 
