@@ -136,6 +136,8 @@ def admin_token(settings: Settings) -> str:
     token = settings.admin_token.strip() or read_secret(settings.data_dir / "admin_token")
     if not token:
         raise MissingToken(
-            f"no admin token: set DETSERVE_ADMIN_TOKEN, or keep one in "
-            f"{settings.data_dir / 'admin_token'} (`detserve up` writes it on first start)")
+            "no admin token: set DETSERVE_ADMIN_TOKEN to a secret of letters and digits, e.g. "
+            "`export DETSERVE_ADMIN_TOKEN=$(openssl rand -hex 32)`, or keep one in "
+            f"{settings.data_dir / 'admin_token'} (`detserve up` writes it on first start; "
+            "only `detserve up` generates one)")
     return token

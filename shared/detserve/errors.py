@@ -164,6 +164,20 @@ _URL = re.compile(r"\b[a-zA-Z][\w+.-]*://\S+")
 _PATH = re.compile(r"(?<![\w/.:<-])(?:/|~/|[A-Za-z]:\\)[^\s'\",;()\[\]]+")
 MAX_SHOWN = 600  # characters of a message a caller sees
 MAX_ENGINE_WORDS = 300  # of that, characters quoted from an engine (ONNX Runtime, TensorRT, Pillow)
+MAX_ID_SHOWN = 64  # characters of a caller's id (URL or body) quoted back in an error
+
+
+def quoted(value: object, limit: int = MAX_ID_SHOWN) -> str:
+    """A caller-sent id quoted for an error message, as `!r` would but bounded: at most `limit`
+    characters, control and other unprintable ones shown as "?", "\u2026" where it was cut.
+
+    Every message that names an id the caller sent goes through here: echoing a 10 KB URL
+    segment (or terminal escapes) back in full helps nobody and fills logs and consoles.
+    """
+    if not isinstance(value, str):
+        return repr(value)
+    shown = "".join(c if c.isprintable() else "?" for c in value[:limit])
+    return repr(shown + ("\u2026" if len(value) > limit else ""))
 
 
 def scrub(text: str, limit: int = MAX_SHOWN) -> str:

@@ -108,6 +108,23 @@ def test_picodet_head_with_integral_regression(client):
     assert np.allclose(body["detection_boxes"], [[4, 0, 36, 28], [32, 32, 64, 64]], atol=0.01)
 
 
+@pytest.mark.parametrize("size,options,expected", [
+    (96, {}, "[144, 36, 9, 4]"),  # outputs of a 64x64 export, in a 96x96 model
+    (64, {"strides": [4, 8, 16, 32]}, "[256, 64, 16, 4]"),
+])
+def test_picodet_anchors_that_do_not_fit_the_input_are_400_at_upload(client, size, options,
+                                                                      expected):
+    (first, value), *rest = picodet_outputs()  # 64, 16, 4, 1 anchors
+    model = constant_model(value, size=size, out_name=first, extra_outputs=dict(rest))
+    resp = upload(client, "pico-misfit", model, config=json.dumps(
+        {"labels": ["a", "b"], "output": {"decoder": "picodet", "options": options}}))
+    assert resp.status_code == 400, resp.json
+    err = resp.json["error"]
+    assert err["code"] == "invalid_model" and "config" in err["fields"], err
+    assert f"{size}x{size} input" in err["message"] and expected in err["message"], err
+    assert "have [64, 16, 4, 1]" in err["message"], err
+
+
 def test_unknown_decoder_is_400_naming_the_installed(client):
     out = np.asarray([[[4, 8, 20, 30, 0.7, 1]]], dtype=np.float32)
     resp = upload(client, "nodec", constant_model(out),

@@ -31,6 +31,7 @@ from detserve.errors import Unavailable
 from detserve.inference.batching import Batcher
 from detserve.inference.host import ModelHost
 from detserve.monitoring import heartbeats
+from detserve.processing import headers as images
 from detserve.processing.headers import KEEP_SECONDS
 from detserve.service import deployments, status
 from detserve.service.artifacts import ArtifactStore
@@ -337,6 +338,12 @@ def test_an_async_prediction_lost_with_its_worker_is_redelivered_with_its_image(
     client.post(f"/v1/services/{sid}/stop", headers=AUTH)
 
 
+def _accepted_a_minute_ago(r: redis.Redis, image_key: str) -> None:
+    """The image as the API keeps it (listed in the index the sweep reads), a minute old."""
+    images.keep(r, image_key, IMAGE, now=time.time() - 60)
+    r.expire(image_key, KEEP_SECONDS - 60)
+
+
 def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack):
     # given an accepted async prediction whose message vanished in transit (a worker popped it
     # and died, or Redis died, before the worker recorded it): its image and owner are in Redis,
@@ -348,7 +355,7 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
                           {"images": (io.BytesIO(IMAGE), "a.png")}, AUTH)
     task_id = str(uuid.uuid4())
     r = redis.Redis.from_url(repairs_stack.settings.redis_url)
-    r.set(f"detserve:image:{task_id}", IMAGE, ex=KEEP_SECONDS - 60)  # taken a minute ago
+    _accepted_a_minute_ago(r, f"detserve:image:{task_id}")
     r.set(f"detserve:task:{task_id}", sid, ex=3600)
     # (what it was sent with is known only from a claim a worker left: here, one that lost
     # Redis mid-task; without one the task ends FAILURE with the reason, never a guess)
@@ -371,7 +378,7 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
     heartbeats.forget(r, "cpu", "cpu@lost-redis/0")
     # and one lost with nothing to say what it was sent with ends FAILURE with the reason
     task_id = str(uuid.uuid4())
-    r.set(f"detserve:image:{task_id}", IMAGE, ex=KEEP_SECONDS - 60)
+    _accepted_a_minute_ago(r, f"detserve:image:{task_id}")
     r.set(f"detserve:task:{task_id}", sid, ex=3600)
     seen.clear()
     wait_for(ended, 30, 0.2, what=lambda: f"the lost task to end (last: {seen})")

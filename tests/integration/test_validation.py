@@ -82,6 +82,31 @@ def test_unknown_things_are_404(client):
     assert_error(deploy(client, "nope", 1), 404, "not_found")
 
 
+LONG_ID = "x" * 10_000
+
+
+@pytest.mark.parametrize("method,path", [
+    ("get", "/v1/services/{id}"),
+    ("delete", "/v1/services/{id}"),
+    ("post", "/v1/services/{id}/stop"),
+    ("get", "/v1/services/{id}/events"),
+    ("post", "/v1/services/{id}/predict"),
+    ("get", "/v1/predictions/{id}"),
+    ("get", "/v1/artifacts/{id}"),
+])
+def test_not_found_quotes_only_a_short_prefix_of_the_id(client, method, path):
+    """A 10 KB id in the URL is not echoed back whole: a short prefix, cut with an ellipsis."""
+    resp = getattr(client, method)(path.format(id=LONG_ID), headers=AUTH)
+    err = assert_error(resp, 404, "not_found")
+    assert "x" * 64 + "\u2026" in err["message"], err
+    assert "x" * 65 not in err["message"] and len(err["message"]) < 200, err
+
+
+def test_not_found_shows_unprintable_characters_of_the_id_as_question_marks(client):
+    err = assert_error(client.get("/v1/services/ab%1B%5B31mcd%07", headers=AUTH), 404, "not_found")
+    assert "'ab?[31mcd?'" in err["message"] and "\x1b" not in err["message"], err
+
+
 def test_only_successful_versions_deploy(client):
     for status in ("Training", "Failed"):
         resp = upload(client, f"not-ready-{status}", DEMO, status=status)

@@ -4,6 +4,7 @@ secret comes from the environment: Redis wants a password, each service holds on
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -73,6 +74,40 @@ def test_every_secret_comes_from_the_environment_and_only_where_needed():
     postgres = services["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert postgres == "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]  # basic auth over plain HTTP
+
+
+# Compose's interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}
+# and $VAR; `$$` is a literal dollar (left to the container's shell)
+_BRACED = re.compile(r"(?<!\$)((?:\$\$)*)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_BARE = re.compile(r"(?<!\$)((?:\$\$)*)\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def test_every_variable_has_a_default_or_is_required_and_documented():
+    text = (ROOT / "docker-compose.yml").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    readme = (ROOT / "README.md").read_text()
+    assert not _BARE.findall(body), "a bare $VAR is empty when unset: use ${VAR:?why}"
+    found = _BRACED.findall(body)
+    assert found
+    required = set()
+    for _, name, op, _ in found:
+        assert op in (":?", ":-"), f"${{{name}}} is empty when unset: give it :- or :?"
+        if op == ":?":
+            required.add(name)
+    assert required == {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "DETSERVE_ADMIN_TOKEN",
+                        "DETSERVE_ARTIFACT_TOKEN"}
+    for name in required:
+        assert f"#   {name} " in header, f"{name} is not described at the top of the file"
+        assert f"`{name}`" in readme, f"{name} is not in README.md"
+
+
+def test_the_readme_says_what_to_do_with_a_database_volume_of_the_old_default_password():
+    # the postgres image sets POSTGRES_PASSWORD only when it creates its volume: one created when
+    # the file said `detserve` keeps that password, whatever the variable says now
+    readme = (ROOT / "README.md").read_text()
+    assert "postgres-data" in readme and "POSTGRES_PASSWORD=detserve" in readme
+    assert "ALTER USER detserve PASSWORD" in readme
 
 
 def _shim(bindir: Path, name: str, command: str) -> None:

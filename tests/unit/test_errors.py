@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from detserve.errors import InvalidImage, ModelLoadError, for_caller, scrub
+from detserve.errors import MAX_ID_SHOWN, InvalidImage, ModelLoadError, for_caller, quoted, scrub
 
 
 @pytest.mark.parametrize("text,kept,gone", [
@@ -52,3 +52,16 @@ def test_a_given_incident_is_used_and_not_logged_again(caplog):
     with caplog.at_level(logging.ERROR, logger="detserve.errors"):
         shown = for_caller(RuntimeError("boom"), "the prediction", incident="task-1")
     assert "task-1" in shown.message and not caplog.text
+
+
+@pytest.mark.parametrize("value,shown", [
+    ("nope", "'nope'"),
+    ("a" * MAX_ID_SHOWN, repr("a" * MAX_ID_SHOWN)),
+    ("a" * (MAX_ID_SHOWN + 1), repr("a" * MAX_ID_SHOWN + "\u2026")),
+    ("b" * 10_000, repr("b" * MAX_ID_SHOWN + "\u2026")),
+    ("x\x1b[2Jy\n\u200bz", "'x?[2Jy??z'"),
+    ("caf\u00e9", "'caf\u00e9'"),
+    (None, "None"),
+])
+def test_quoted_ids_are_short_and_printable(value, shown):
+    assert quoted(value) == shown

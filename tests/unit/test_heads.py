@@ -79,3 +79,14 @@ def test_builtins_are_declared_as_entry_points():
 def test_picodet_scores_must_have_the_labels_classes():
     with pytest.raises(ValueError, match="has 3 classes"):
         match_outputs(_shapes(picodet_outputs()), "picodet", 3)
+
+
+def test_picodet_anchor_counts_must_fit_the_input_size_and_strides():
+    shapes = _shapes(picodet_outputs())  # 64, 16, 4, 1 anchors: a 64x64 input at strides 8..64
+    assert match_outputs(shapes, "picodet", 2, None, (64, 64))["strides"] == [8, 16, 32, 64]
+    assert match_outputs(shapes, "picodet", 2, None, (57, 60))["strides"] == [8, 16, 32, 64]
+    with pytest.raises(ValueError, match=r"96x96 input .* \[144, 36, 9, 4\] anchors .*"
+                                         r"12x12=144 at stride 8.* have \[64, 16, 4, 1\]"):
+        match_outputs(shapes, "picodet", 2, None, (96, 96))
+    with pytest.raises(ValueError, match=r"\[256, 64, 16, 4\] anchors"):
+        match_outputs(shapes, "picodet", 2, {"strides": [4, 8, 16, 32]}, (64, 64))

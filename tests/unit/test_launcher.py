@@ -129,6 +129,9 @@ def test_detserve_api_refuses_to_start_without_an_admin_token(tmp_path, kept):
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "cannot start api: no admin token: set DETSERVE_ADMIN_TOKEN" in proc.stderr
+    # and it says how to make one, and where a kept one would be read from
+    assert "export DETSERVE_ADMIN_TOKEN=$(openssl rand -hex 32)" in proc.stderr
+    assert str(tmp_path / "admin_token") in proc.stderr
     assert proc.stdout == ""
 
 

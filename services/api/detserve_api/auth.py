@@ -18,7 +18,7 @@ from typing import Any
 from flask import Flask, g, request
 from sqlalchemy import bindparam, select
 
-from detserve.errors import Forbidden, NotFound, Unauthorized
+from detserve.errors import Forbidden, NotFound, Unauthorized, quoted
 from detserve.service.deployments import hash_key
 from detserve.store import Service, Store
 from detserve_api import context
@@ -97,7 +97,7 @@ def _check_service_access() -> None:
     g.service = service_access(context.runtime().store, service_id, g.is_admin,
                                request.headers.get("X-Service-Key", ""),
                                missing=None if service_id else
-                               f"no prediction task {args.get('task_id')!r} (unknown or expired)")
+                               f"no prediction task {quoted(args.get('task_id'))} (unknown or expired)")
 
 
 def service_access(store: Store, service_id: str | None, admin: bool, key: str,
@@ -122,7 +122,7 @@ def service_access(store: Store, service_id: str | None, admin: bool, key: str,
             if service is not None:
                 raise Forbidden("this key belongs to another service")
     if service is None:
-        raise NotFound(missing or f"no service {service_id!r}")
+        raise NotFound(missing or f"no service {quoted(service_id)}")
     return service
 
 

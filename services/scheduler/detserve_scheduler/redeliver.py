@@ -56,9 +56,8 @@ def _predict_again(app: Celery, client: redis.Redis, record: inflight.Record,
     app.backend.mark_as_failure(record.task_id, Unavailable(why))
 
 
-# Where the API keeps an accepted async prediction's image and its service (lane/taskmessages.py
-# and detserve_api/auth.py write them); the image stays until its task ends.
-IMAGE_KEYS = "detserve:image:*"
+# Where the API keeps an accepted async prediction's service (detserve_api/auth.py reads it); its
+# image stays until its task ends, listed in images.INDEX (processing/headers.py).
 TASK_SERVICE = "detserve:task:{task_id}"
 LOST_AFTER = 30.0  # an accepted task neither queued nor claimed nor started for this long is lost
 
@@ -70,10 +69,14 @@ def resend_lost(app: Celery, client: redis.Redis, rt: Runtime) -> list[str]:
     worker lost Redis mid-task and could record nothing. A task sent twice is answered twice,
     alike."""
     lost, queued = [], None
-    for raw in client.scan_iter(match=IMAGE_KEYS, count=1000):
-        key = raw.decode() if isinstance(raw, bytes) else str(raw)
+    # only images kept over LOST_AFTER s ago by this host's clock: a few, not the whole keyspace
+    for key in images.waiting_for(client, LOST_AFTER):
         task_id = key.rsplit(":", 1)[-1]
-        if images.KEEP_SECONDS - client.ttl(key) < LOST_AFTER:
+        ttl = client.ttl(key)
+        if ttl == -2:  # expired, or its task ended on a worker that deletes only the image
+            images.forget(client, key)
+            continue
+        if images.KEEP_SECONDS - ttl < LOST_AFTER:  # Redis' clock has the last word on age
             continue
         owner = _text(client.get(TASK_SERVICE.format(task_id=task_id)))
         service = deployments.find_service(rt, owner) if owner else None

@@ -141,8 +141,8 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
                     raise Ignore() from None  # a stale second delivery of a finished task
                 raise
             finally:
-                with suppress(redis.RedisError):  # it expires anyway
-                    state.redis.delete(image_key)
+                with suppress(redis.RedisError):  # it expires anyway (the sweep prunes its entry)
+                    images.drop(state.redis, image_key)
 
     @signals.task_received.connect(weak=False)
     def _claim(request: Any = None, **_: Any) -> None:

@@ -36,6 +36,13 @@ class Decoder(Protocol):
         """
         ...
 
+    # A decoder whose outputs depend on the input size may also define
+    # `check_input(self, outputs, spec, input_hw) -> None`, raising ValueError (saying what was
+    # expected and what was found) when these outputs, with the spec `match` gave for them, cannot
+    # fit a model of that (height, width) input. It is called at upload, so the mismatch is a 400
+    # there, not wrong boxes at predict time; it is optional (not in this Protocol) so that
+    # decoders written before it still load.
+
     def decode(self, raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int],
                threshold: float) -> Decoded:
         """One image's outputs (batch of 1, in spec["outputs"] order) to x1, y1, x2, y2 boxes in

@@ -18,14 +18,21 @@ from detserve.processing.preprocess import Geometry
 
 
 def match_outputs(outputs: Sequence[tuple[str, Shape]], decoder: str, num_classes: int | None,
-                  options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The output spec of the decoder named `decoder` for these ONNX outputs (see Decoder.match).
+                  options: dict[str, Any] | None = None,
+                  input_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The output spec of the decoder named `decoder` for these ONNX outputs (see Decoder.match),
+    checked against the model's input size `input_hw` where the decoder can (check_input).
 
     Raises:
         ValueError: no decoder has that name, or the outputs or options fit it not (the message
             says what would).
     """
-    return decoders.get(decoder).match(outputs, num_classes, dict(options or {}))
+    head = decoders.get(decoder)
+    spec = head.match(outputs, num_classes, dict(options or {}))
+    check = getattr(head, "check_input", None)  # optional: a plugin's decoder may not have it
+    if input_hw is not None and check is not None:
+        check(outputs, spec, input_hw)
+    return spec
 
 
 def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from detserve.errors import ModelLoadError, NotFound
+from detserve.errors import ModelLoadError, NotFound, quoted
 
 
 def sha256_of(data: bytes) -> str:
@@ -26,7 +26,7 @@ class ArtifactStore:
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-            raise NotFound(f"no artifact {sha256!r}: an artifact id is a sha256 in hex")
+            raise NotFound(f"no artifact {quoted(sha256)}: an artifact id is a sha256 in hex")
         return self.root / sha256[:2] / sha256
 
     def put(self, data: bytes) -> str:

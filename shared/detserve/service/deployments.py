@@ -18,6 +18,7 @@ from detserve.errors import (
     StaleTransition,
     VersionNotDeployable,
     for_caller,
+    quoted,
 )
 from detserve.lane.bus import Bus
 from detserve.service import status
@@ -93,7 +94,7 @@ def get_service(rt: Runtime, service_id: str) -> Service:
     with rt.store.session(readonly=True) as session:
         row = session.get(Service, service_id)
     if row is None:
-        raise NotFound(f"no service {service_id!r}")
+        raise NotFound(f"no service {quoted(service_id)}")
     return row
 
 
@@ -151,7 +152,7 @@ def rotate_key(rt: Runtime, service_id: str) -> str:
     with rt.store.session() as session:
         row = session.get(Service, service_id)
         if row is None:
-            raise NotFound(f"no service {service_id!r}")
+            raise NotFound(f"no service {quoted(service_id)}")
         row.key_hash = hash_key(key)
         row.updated_at = utcnow()
     return key
@@ -162,7 +163,7 @@ def update_traffic_limit(rt: Runtime, service_id: str, qps: float | None) -> Non
     with rt.store.session() as session:
         row = session.get(Service, service_id)
         if row is None:
-            raise NotFound(f"no service {service_id!r}")
+            raise NotFound(f"no service {quoted(service_id)}")
         row.traffic_limit_qps = qps
         row.updated_at = utcnow()
 
@@ -173,7 +174,7 @@ def update_auto_stop(rt: Runtime, service_id: str, auto_stop: dict[str, Any]) ->
     with rt.store.session() as session:
         row = session.get(Service, service_id)
         if row is None:
-            raise NotFound(f"no service {service_id!r}")
+            raise NotFound(f"no service {quoted(service_id)}")
         row.auto_stop_enabled = auto_stop["enabled"]
         row.auto_stop_hours = auto_stop["hours"]
         row.auto_stop_idle_minutes = auto_stop.get("idle_minutes")

@@ -148,7 +148,7 @@ def _describe(model: onnx.ModelProto, raw_config: dict[str, Any]) -> ModelPackag
     output = dict(config["output"])
     try:
         output.update(match_outputs(outputs, output["decoder"], len(labels) if labels else None,
-                                    output["options"]))
+                                    output["options"], (spec["size"][0], spec["size"][1])))
     except ValueError as exc:
         raise InvalidModel(str(exc), fields={"config": [f"decoder {output['decoder']!r} mismatch"]}) from exc
     if not labels:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from detserve.errors import InvalidModel, NotFound, VersionInUse
+from detserve.errors import InvalidModel, NotFound, VersionInUse, quoted
 from detserve.service import status
 from detserve.service.deployments import Runtime
 from detserve.service.packages import read_package
@@ -38,7 +38,7 @@ def get_version(rt: Runtime, model: str, version: int) -> ModelVersion:
             select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
         )
     if row is None:
-        raise NotFound(f"model {model!r} has no version {version}")
+        raise NotFound(f"model {quoted(model)} has no version {version}")
     return row
 
 
@@ -50,7 +50,7 @@ def delete_version(rt: Runtime, model: str, version: int) -> None:
             select(Service.id).where(Service.version_id == row.id, Service.status != status.STOPPED)
         ).all()
         if users:
-            raise VersionInUse(f"version {version} of {model!r} is used by service(s) "
+            raise VersionInUse(f"version {version} of {quoted(model)} is used by service(s) "
                                f"{', '.join(users)} that are not Stopped; stop or delete them first")
         for svc in session.scalars(select(Service).where(Service.version_id == row.id)):
             session.delete(svc)

@@ -4,7 +4,9 @@ softmax-weighted mean of 0..reg_max) is the left, top, right, bottom distance in
 cell centre.
 
 Options: `strides` (default [8, 16, 32, 64], finest level first), `reg_max` (default: from the
-regression width). Levels pair up by their anchor count N, the most anchors first.
+regression width). Levels pair up by their anchor count N, the most anchors first; at upload, the
+level of stride s must have ceil(H/s) x ceil(W/s) anchors for the model's H x W input (the grid
+decode lays them on), or the upload is refused.
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ class PicoDet:
             raise ValueError(f"{expected}; the regression width {width} is not 4 x (reg_max+1) "
                              f"with reg_max {reg_max}")
         return {"outputs": names, "strides": strides, "reg_max": reg_max, "num_classes": nc}
+
+    def check_input(self, outputs: Sequence[tuple[str, Shape]], spec: dict[str, Any],
+                    input_hw: tuple[int, int]) -> None:
+        """Each level's anchors are the grid decode lays on the input at its stride; other counts
+        would put every box in the wrong cell, so they are refused here."""
+        h, w = input_hw
+        expected = [math.ceil(h / s) * math.ceil(w / s) for s in spec["strides"]]
+        shapes = dict(outputs)
+        found = [shapes[name][1] for name in spec["outputs"][::2]]  # the scores of each level
+        if found != expected:
+            grids = ", ".join(f"{math.ceil(h / s)}x{math.ceil(w / s)}={n} at stride {s}"
+                              for s, n in zip(spec["strides"], expected, strict=True))
+            raise ValueError(
+                f"the picodet decoder expects, for a {h}x{w} input and strides {spec['strides']}, "
+                f"{expected} anchors per level ({grids}); the model's outputs have {found}: set "
+                "input.size to the size the model was exported for, or the option strides to its "
+                "strides")
 
     def decode(self, raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int],
                threshold: float) -> Decoded:

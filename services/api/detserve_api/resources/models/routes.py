@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
-from detserve.errors import NotFound
+from detserve.errors import NotFound, quoted
 from detserve.service import versions
 from detserve.store import ModelVersion
 from detserve_api import context
@@ -84,6 +84,6 @@ class Artifact(MethodView):
         """Download an artifact by hash (workers with no shared disk use this)."""
         artifacts = context.runtime().artifacts
         if not artifacts.exists(sha256):
-            raise NotFound(f"no artifact {sha256!r}")
+            raise NotFound(f"no artifact {quoted(sha256)}")
         data = artifacts.get(sha256)
         return Response(data, mimetype="application/octet-stream")

@@ -114,7 +114,7 @@ class Submit(MethodView):
         (image, options), task_id = _checked_image(), str(uuid.uuid4())
         image_key = f"detserve:image:{task_id}"  # the task carries the key, not the bytes
         pipe = context.redis_client().pipeline(transaction=False)
-        pipe.set(image_key, image, ex=images.KEEP_SECONDS)
+        images.keep(pipe, image_key, image)
         pipe.set(TASK_KEY.format(task_id=task_id), service_id, ex=context.settings().result_ttl)
         pipe.execute()
         # the options only when asked for: a plain task stays what earlier workers take
