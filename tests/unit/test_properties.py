@@ -17,7 +17,7 @@ from PIL import Image
 
 from detserve.errors import ImageTooLarge, InvalidImage
 from detserve.processing import image, postprocess, preprocess
-from detserve_api.uploads import image_upload
+from detserve_api.uploads import read_upload
 
 # derandomized: every run tries the same examples; `make mutate` asks for fewer, to fit its budget
 PROPERTY = settings(derandomize=True, database=None, deadline=None,
@@ -167,8 +167,8 @@ def test_the_upload_reader_agrees_with_werkzeug(boundary, quoted, parts, preambl
     ctype = f'multipart/form-data; boundary={f"{chr(34)}{boundary}{chr(34)}" if quoted else boundary}'
     with app.test_request_context("/", method="POST", data=body, content_type=ctype):
         expected = request.files["images"].read() if "images" in request.files else b""
-    with app.test_request_context("/", method="POST", data=body, content_type=ctype):
-        assert image_upload(request) == expected
+    got = read_upload({"CONTENT_TYPE": ctype, "wsgi.input": io.BytesIO(body)})
+    assert got.image == expected
 
 
 # ---- the image header check against Pillow's decoder ----------------------------------------

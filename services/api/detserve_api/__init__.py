@@ -22,6 +22,8 @@ from detserve.store import Store
 from detserve_api import auth, console, entrance, errors, jsonbody
 from detserve_api.activity import Activity
 from detserve_api.resources import register_blueprints
+from detserve_api.resources.models import routes as models
+from detserve_api.resources.predictions import wsgi as predictions
 from detserve_api.spec import DetserveApi, ValidationIs400
 
 REDIS_TIMEOUT_SECONDS = 5.0  # every Redis call on a request's path ends within this
@@ -38,7 +40,7 @@ def create_app(
     app.config.update(
         API_TITLE="detserve", API_VERSION=__version__, OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/", OPENAPI_JSON_PATH="openapi.json",
-        MAX_CONTENT_LENGTH=entrance.JSON_LIMIT,  # routes that take uploads say their own
+        MAX_CONTENT_LENGTH=None,  # the entrance bounds every body, by route
         JSON_SORT_KEYS=False,
     )
     app.config.from_prefixed_env("DETSERVE_FLASK")
@@ -63,12 +65,15 @@ def create_app(
                                         "extra_plugins": [ValidationIs400()]})
     register_blueprints(api)
     errors.register_error_handlers(app)
-    entrance.register(app, settings)  # before auth: the cheapest refusal first
     auth.register(app)
     jsonbody.register(app)  # after auth: nobody without credentials gets a body parsed
     console.register(app)
-    # the Entrance outermost: the request id is set before Activity logs about the request
+    # the image routes beside Flask; the Entrance outermost: the request id is set before
+    # Activity logs about the request
+    limits = entrance.upload_limits(predictions.ROUTES, models.UPLOAD_ROUTE,
+                                    settings.max_image_bytes, settings.max_model_bytes)
     app.wsgi_app = entrance.Entrance(  # type: ignore[method-assign]
-        Activity(app, app.wsgi_app), settings.body_timeout)
+        Activity(app, predictions.PredictionApp(app, app.wsgi_app)), settings.body_timeout,
+        limits)
     logs.install(settings.redis_url, "api")
     return app

@@ -1,15 +1,16 @@
-"""What every request goes through before its view, whatever the route.
+"""What every request goes through first, whatever the route and whichever app answers it
+(Flask, or the prediction routes' own WSGI app): `Entrance`, the outermost WSGI layer.
 
-- `Entrance` (WSGI, around the Flask app): the request id (the caller's X-Request-Id when it is a
-  short token, else a new one) in environ["detserve.request_id"] and on every answer, errors and
-  404s included; the time the request arrived; a deadline on the body (DETSERVE_BODY_TIMEOUT):
-  a client that stops sending ends its request with 408 instead of holding a thread.
-- `check_body` (Flask, the first before_request hook): each route's body limit, judged from the
-  announced Content-Length before a byte of the body is read (413 at once); the same limit
-  bounds a chunked body as it arrives.
+- the request id (the caller's X-Request-Id when it is a short token, else a new one) in
+  environ["detserve.request_id"] and on every answer, errors and 404s included;
+- the time the request arrived;
+- the route's body limit, judged from the announced Content-Length before a byte of the body is
+  read (413 at once); the same limit bounds a chunked body as it arrives;
+- a deadline on the body (DETSERVE_BODY_TIMEOUT): a client that stops sending ends its request
+  with 408 instead of holding a thread.
 
-Then auth.check_request judges the credentials and the service's status, also from the headers;
-only a request that passes them has its body read, by the view, in bounded chunks (werkzeug).
+Then the app judges the credentials and the service's status, also from the headers; only a
+request that passes them has its body read, in bounded chunks.
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flask import Flask, request
-
-from detserve.config import Settings
 from detserve.errors import DetserveError, PayloadTooLarge
-from detserve_api.errors import REQUEST_ID
+from detserve_api.errors import REQUEST_ID, response_for
 
 STARTED = "detserve.started"  # environ: perf_counter() when the request reached the app
 _SANE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 KB = 1024
-JSON_LIMIT = 16 * KB  # every route not named in upload_limits (JSON bodies, or none)
+JSON_LIMIT = 16 * KB  # every route that takes no upload (JSON bodies, or none)
 MULTIPART_ALLOWANCE = 64 * KB  # a multipart body's boundaries, part headers and small fields
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+Limits = list[tuple[re.Pattern[str], int]]  # the upload routes' paths and their body limits
 
 
 class BodyTimeout(DetserveError):
@@ -43,10 +43,17 @@ class BodyTimeout(DetserveError):
 
 
 class Entrance:
-    """app.wsgi_app = Entrance(app.wsgi_app, body_timeout)."""
+    """app.wsgi_app = Entrance(app.wsgi_app, body_timeout, upload_limits)."""
 
-    def __init__(self, app: WSGIApp, body_timeout: float) -> None:
-        self.app, self.body_timeout = app, body_timeout
+    def __init__(self, app: WSGIApp, body_timeout: float, uploads: Limits) -> None:
+        self.app, self.body_timeout, self.uploads = app, body_timeout, uploads
+
+    def limit(self, path: str) -> int:
+        """The most bytes a body may have on this path."""
+        for route, limit in self.uploads:
+            if route.match(path):
+                return limit
+        return JSON_LIMIT
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
@@ -56,8 +63,9 @@ class Entrance:
         sock = environ.get("gunicorn.socket")  # gunicorn resets it for the connection's next request
         if sock is not None and self.body_timeout > 0:
             sock.settimeout(self.body_timeout)
+        limit, announced = self.limit(environ.get("PATH_INFO", "")), _announced(environ)
         body = environ["wsgi.input"] = TimedInput(environ["wsgi.input"], self.body_timeout,
-                                                  _announced(environ))
+                                                  announced, limit)
         refused = []
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -66,7 +74,12 @@ class Entrance:
                 refused.append(True)
             return start_response(status, headers, exc_info)
 
-        answer = self.app(environ, start)
+        if announced > limit:
+            answer = response_for(PayloadTooLarge(
+                f"the body announces {announced} bytes; this route accepts at most {limit}"),
+                request_id)(environ, start)
+        else:
+            answer = self.app(environ, start)
         if refused and sock is not None:
             return _ThenStopReading(answer, sock)
         return answer
@@ -99,12 +112,14 @@ def _announced(environ: dict[str, Any]) -> int:
 
 
 class TimedInput:
-    """The request body, whose socket timeout is a 408 (BodyTimeout) for the caller: werkzeug's
-    reader would report an OSError as a client that went away."""
+    """The request body, whose socket timeout is a 408 (BodyTimeout) for the caller (a reader
+    would report an OSError as a client that went away), and which ends with a 413 once it
+    passes the route's limit (a chunked body announces no length)."""
 
-    def __init__(self, stream: Any, seconds: float, length: int) -> None:
-        self.stream, self.seconds = stream, seconds
+    def __init__(self, stream: Any, seconds: float, length: int, limit: int) -> None:
+        self.stream, self.seconds, self.limit = stream, seconds, limit
         self.left = length  # -1: chunked
+        self.read_bytes = 0
         self.complete = length == 0  # read to its end
 
     def read(self, size: int = -1) -> bytes:
@@ -120,6 +135,10 @@ class TimedInput:
             raise self._timeout() from exc
 
     def _count(self, data: bytes, size: int) -> bytes:
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise PayloadTooLarge(f"the body is larger than this route accepts ({self.limit} "
+                                  "bytes at most)")
         if self.left > 0:
             self.left -= len(data)
         if self.left == 0 or (not data and size != 0):
@@ -131,22 +150,8 @@ class TimedInput:
                            "send it at once, or ask the operator to raise DETSERVE_BODY_TIMEOUT")
 
 
-def upload_limits(settings: Settings) -> dict[str, int]:
-    """Body limits of the routes that take uploads, by endpoint."""
-    image = settings.max_image_bytes + MULTIPART_ALLOWANCE
-    return {"predictions.Predict": image, "predictions.Submit": image,
-            "models.Versions": settings.max_model_bytes + MULTIPART_ALLOWANCE}
-
-
-def register(app: Flask, settings: Settings) -> None:
-    limits = upload_limits(settings)
-
-    @app.before_request
-    def check_body() -> None:
-        """413 for a body announced over the route's limit, before any of it is read."""
-        limit = limits.get(request.endpoint or "", JSON_LIMIT)
-        request.max_content_length = limit  # werkzeug bounds a chunked body with it
-        announced = request.content_length
-        if announced is not None and announced > limit:
-            raise PayloadTooLarge(f"the body announces {announced} bytes; this route accepts "
-                                  f"at most {limit}")
+def upload_limits(image_routes: re.Pattern[str], model_routes: re.Pattern[str],
+                  max_image_bytes: int, max_model_bytes: int) -> Limits:
+    """The body limits of the routes that take uploads (multipart: the file and its framing)."""
+    return [(image_routes, max_image_bytes + MULTIPART_ALLOWANCE),
+            (model_routes, max_model_bytes + MULTIPART_ALLOWANCE)]

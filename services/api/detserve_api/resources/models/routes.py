@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Response
@@ -23,6 +24,7 @@ from detserve_api.resources.models.schemas import (
 
 blp = Blueprint("models", __name__, url_prefix="/v1", description="Models and versions")
 NAME = "<string(maxlength=128):name>"
+UPLOAD_ROUTE = re.compile(r"/v1/models/[^/]+/versions\Z")  # its body limit: the entrance's
 
 
 @blp.route("/models")

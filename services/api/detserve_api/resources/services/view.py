@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import url_for
+from flask import request
 
 from detserve.config import Settings
 from detserve.service import idle, progress
@@ -48,7 +48,7 @@ def service_view(service: Service, settings: Settings,
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
-        "predict_url": url_for("predictions.Predict", service_id=service.id, _external=True),
+        "predict_url": f"{request.url_root}v1/services/{service.id}/predict",
         **progress.view(deploy, service.status),
     }
 
