@@ -3,9 +3,14 @@ body, and each route's body limit judged from the announced length."""
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
 
-from api_helpers import AUTH
+import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from api_helpers import AUTH, running_service
+from detserve.service.demo import build_blob_detector
 
 
 @pytest.mark.parametrize("method,path,headers,status", [
@@ -15,6 +20,10 @@ from api_helpers import AUTH
     ("DELETE", "/healthz", {}, 405),
     ("GET", "/v1/services/nosuch", AUTH, 404),
     ("POST", "/v1/services", AUTH, 400),
+    # the image routes (their own WSGI app beside Flask) get the same
+    ("POST", "/v1/services/nosuch/predict", AUTH, 404),
+    ("POST", "/v1/services/nosuch/predictions", {}, 401),
+    ("GET", "/v1/services/nosuch/predict", AUTH, 405),
 ])
 def test_every_answer_carries_a_request_id(client, method, path, headers, status):
     resp = client.open(path, method=method, headers=headers)
@@ -44,3 +53,28 @@ def test_an_announced_length_over_the_routes_limit_is_413_at_once(client, path, 
     assert resp.status_code == 413, resp.json
     assert resp.json["error"]["code"] == "payload_too_large"
     assert str(length) in resp.json["error"]["message"]
+
+
+def test_a_wrong_method_on_an_image_route_names_the_one_accepted(client):
+    resp = client.put("/v1/services/x/predictions", headers=AUTH)
+    assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
+    assert resp.json["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("path,limit", [("/v1/services/x/predict", "image"),
+                                        ("/v1/services", "json")])
+def test_a_chunked_body_is_cut_at_the_routes_limit(client, stack, path, limit):
+    if limit == "image":  # a running service: its body is read once the caller is admitted
+        model = build_blob_detector().SerializeToString()
+        path = f"/v1/services/{running_service(client, 'chunked', model)['id']}/predict"
+    # no length announced: the body itself is counted as it is read, whichever app reads it
+    cap = (stack.settings.max_image_bytes + 64 * 1024) if limit == "image" else 16 * 1024
+    environ = EnvironBuilder(path=path, method="POST", headers={
+        **AUTH, "Transfer-Encoding": "chunked",
+        "Content-Type": "multipart/form-data; boundary=b" if limit == "image"
+        else "application/json"}).get_environ()
+    environ.pop("CONTENT_LENGTH", None)
+    environ.update({"wsgi.input": io.BytesIO(b"x" * (cap + 8192)), "wsgi.input_terminated": True})
+    body, status, _ = run_wsgi_app(client.application, environ, buffered=True)
+    assert status.startswith("413"), status
+    assert json.loads(b"".join(body))["error"]["code"] == "payload_too_large"

@@ -9,11 +9,8 @@ from celery import Celery
 from flask import current_app
 
 from detserve.config import Settings
-from detserve.lane.client import LaneClient
-from detserve.monitoring import counters as monitoring
 from detserve.monitoring import heartbeats
 from detserve.service.deployments import Runtime
-from detserve.service.ratelimit import Limiter
 
 
 def _ext() -> dict[str, Any]:
@@ -30,18 +27,6 @@ def runtime() -> Runtime:
 
 def redis_client() -> redis.Redis:
     return _ext()["redis"]  # type: ignore[no-any-return]
-
-
-def monitor() -> monitoring.Recorder:
-    return _ext()["monitor"]  # type: ignore[no-any-return]
-
-
-def limiter() -> Limiter:
-    return _ext()["limiter"]  # type: ignore[no-any-return]
-
-
-def lane() -> LaneClient:
-    return _ext()["lane"]  # type: ignore[no-any-return]
 
 
 def admin_token() -> str:

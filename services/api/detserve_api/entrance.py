@@ -124,15 +124,22 @@ class TimedInput:
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._count(self.stream.read(size), size)
+            return self._count(self.stream.read(self._within(size)), size)
         except TimeoutError as exc:
             raise self._timeout() from exc
 
     def readline(self, size: int = -1) -> bytes:
         try:
-            return self._count(self.stream.readline(size), size)
+            return self._count(self.stream.readline(self._within(size)), size)
         except TimeoutError as exc:
             raise self._timeout() from exc
+
+    def _within(self, size: int) -> int:
+        """Never past the announced length (PEP 3333): a server whose input is the socket itself
+        would wait there for the connection's next request."""
+        if self.left < 0:  # chunked: the server ends it
+            return size
+        return self.left if size < 0 else min(size, self.left)
 
     def _count(self, data: bytes, size: int) -> bytes:
         self.read_bytes += len(data)
