@@ -26,6 +26,7 @@ from detserve import tasknames as names
 from detserve.errors import for_caller
 from detserve.processing import headers as images
 from detserve.processing.options import BOX_FORMATS
+from detserve.service import traffic
 from detserve_api import context
 from detserve_api.auth import TASK_KEY
 from detserve_api.entrance import STARTED
@@ -72,15 +73,20 @@ def _check_running() -> None:
         g.timings = sync.Timings(request.environ.get(STARTED, 0.0))
         sync.check_running(g.service)
         context.limiter().check(g.service.id, g.service.traffic_limit_qps)  # before the body
+        g.service = traffic.route(g.service, request.headers.get(traffic.PIN_HEADER))  # version
 
 
 @blp.after_request
 def _record(response: Response) -> Response:
     timings: sync.Timings | None = g.get("timings")
+    routed = g.get("service")
+    if isinstance(routed, traffic.Routed):  # the version that answered (or will)
+        response.headers[traffic.PIN_HEADER] = str(routed.version)
     if request.endpoint == "predictions.Predict" and timings is not None:
         response.headers["Server-Timing"] = timings.server_timing()
         context.monitor().record(g.service.id, timings.elapsed_ms(),
-                                 response.status_code == 200, timings.inference_ms)
+                                 response.status_code == 200, timings.inference_ms,
+                                 getattr(routed, "version", None))
     return response
 
 

@@ -12,6 +12,9 @@ class PredictionSchema(Schema):
                                                            "or as the request's box_format asks"})
     detection_scores = fields.List(fields.Float())
     inference_ms = fields.Float(metadata={"description": "time spent in the worker's pipeline"})
+    version = fields.Integer(allow_none=True, metadata={
+        "description": "async results: the version that answered (sync answers say it in the "
+                       "X-Model-Version header)"})
 
 
 class TaskCreatedSchema(Schema):
