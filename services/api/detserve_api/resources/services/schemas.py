@@ -49,12 +49,12 @@ def _check_split(items: list[dict[str, Any]]) -> None:
         raise ValidationError(problem)
 
 
-def versions_field(**extra: Any) -> fields.Field:
+def versions_field(more: str = "", **extra: Any) -> fields.Field:
     return fields.List(fields.Nested(VersionWeightSchema), validate=_check_split, metadata={
         "description": f"1 to {traffic.MAX_VERSIONS} versions of the model with integer weights "
                        "adding up to 100, e.g. [{\"version\": 3, \"weight\": 90}, {\"version\": 4, "
                        "\"weight\": 10}]; each prediction goes to one of them by weight, or to "
-                       "the one its X-Model-Version header pins"}, **extra)
+                       "the one its X-Model-Version header pins" + more}, **extra)
 
 
 class DeployArgsSchema(Schema):
@@ -89,9 +89,8 @@ class PatchArgsSchema(Schema):
     auto_stop = fields.Nested(AutoStopArgsSchema, metadata={"description": "absent: unchanged"})
     traffic_limit = fields.Nested(TrafficLimitSchema, allow_none=True, metadata={
         "description": "null: remove the limit; absent: unchanged"})
-    versions = versions_field(metadata={"description": "absent: unchanged. A Running service "
-                                                       "loads new versions first and switches "
-                                                       "when they are ready (pending_versions)"})
+    versions = versions_field(". Absent: unchanged. A Running service loads the new versions "
+                              "first and switches when they are ready (pending_versions)")
 
     @validates_schema
     def _something(self, data: dict[str, Any], **_: Any) -> None:
