@@ -7,12 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_deployments import HOUR, RecordingBus
 
+from conftest import make_settings
+from detserve.celery_app import make_celery
 from detserve.errors import NotFound, ValidationFailed, VersionInUse, VersionNotDeployable
 from detserve.service import deployments, rollout, status
+from detserve.service.artifacts import ArtifactStore
 from detserve.service.demo import build_blob_detector
 from detserve.service.versions import delete_version, register_version
-from test_deployments import HOUR, RecordingBus, celery_app, rt  # noqa: F401 - fixtures
+from detserve.store import Store
 
 MODEL = build_blob_detector().SerializeToString()
 
@@ -23,9 +27,18 @@ class SwitchBus(RecordingBus):
         super().switch(service_id, flavor, token)
 
 
+@pytest.fixture(scope="module")
+def celery_app(tmp_path_factory, redis_base):
+    return make_celery(make_settings(tmp_path_factory.mktemp("rollout"), redis_base))
+
+
 @pytest.fixture()
-def vrt(rt):  # noqa: F811
-    return deployments.Runtime(rt.store, rt.artifacts, SwitchBus(rt.bus.app), HOUR)
+def vrt(tmp_path, celery_app):
+    store = Store(f"sqlite:///{tmp_path / 'detserve.db'}")  # a fresh database for each test
+    store.migrate()
+    yield deployments.Runtime(store, ArtifactStore(tmp_path / "artifacts"), SwitchBus(celery_app),
+                              HOUR)
+    store.dispose()
 
 
 def versions(rt: Any, n: int, state: str = status.SUCCESSFUL) -> list[Any]:
