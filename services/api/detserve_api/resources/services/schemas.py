@@ -74,13 +74,14 @@ class DeployArgsSchema(Schema):
     traffic_limit = fields.Nested(TrafficLimitSchema, load_default=None, allow_none=True,
                                   metadata={"description": "null or absent: no limit"})
 
-    @validates_schema
-    def _one_version(self, data: dict[str, Any], **_: Any) -> None:
+    @validates_schema(pass_original=True, skip_on_field_errors=False)  # named with the others
+    def _one_version(self, data: dict[str, Any], original: Any, **_: Any) -> None:
         split, version = data.get("versions"), data.get("version")
-        if split is None and version is None:
+        sent_split = isinstance(original, dict) and original.get("versions") is not None
+        if split is None and version is None and not sent_split:
             raise ValidationError("send version, or versions with their weights", "version")
-        if split is not None and version is not None and version not in [
-                i["version"] for i in split]:
+        numbers = [i.get("version") for i in split or () if isinstance(i, dict)]
+        if split and version is not None and None not in numbers and version not in numbers:
             raise ValidationError(f"version {version} is not in versions; send one of them, "
                                   "or versions alone", "version")
 
