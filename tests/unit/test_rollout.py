@@ -195,3 +195,16 @@ def test_a_version_another_service_serves_cannot_be_deleted(vrt):
     running(vrt, [{"version": 1, "weight": 80}, {"version": 2, "weight": 20}])
     with pytest.raises(VersionInUse, match="one of the versions of service"):
         delete_version(vrt, "m", 2)
+
+
+def test_a_change_no_worker_loads_fails_after_the_deploy_timeout(vrt):
+    versions(vrt, 2)
+    sid = running(vrt, [{"version": 1, "weight": 100}])
+    rollout.change(vrt, sid, [{"version": 2, "weight": 100}])
+    assert rollout.fail_stuck_changes(vrt, 60.0) == []  # asked just now
+    assert rollout.fail_stuck_changes(vrt, -1.0) == [sid]
+    svc = deployments.get_service(vrt, sid)
+    assert svc.pending_traffic["state"] == "failed" and "no worker loaded" in svc.pending_traffic[
+        "error"]
+    assert split_of(vrt, sid) == [(1, 100)]
+    assert rollout.fail_stuck_changes(vrt, -1.0) == []  # once

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -194,3 +195,29 @@ def _drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None]
     if drop is not None:
         for version_id in version_ids - versions_in_use(rt):
             drop(version_id)
+
+
+def fail_stuck_changes(rt: Runtime, timeout: float) -> list[str]:
+    """Changes of versions still loading after `timeout` s (their load was lost: the flavor's
+    workers went away): `failed` with the reason, the current versions serving on (the
+    scheduler's sweep, beside repairs.fail_stuck_deploys)."""
+    cutoff = utcnow().timestamp() - timeout
+    with rt.store.session(readonly=True) as session:
+        rows = session.execute(select(Service.id, Service.pending_traffic).where(
+            Service.pending_traffic.is_not(None))).all()
+    failed = []
+    for sid, pending in rows:
+        if pending.get("state") != LOADING or _requested(pending) > cutoff:
+            continue
+        _fail(rt, sid, pending["token"], f"no worker loaded the new versions within {timeout:g} s "
+              "(a worker may have stopped, or none of its flavor is running); the current "
+              "versions keep serving; send the change again")
+        failed.append(sid)
+    return failed
+
+
+def _requested(pending: Mapping[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(pending.get("requested_at"))).timestamp()
+    except ValueError:
+        return 0.0  # unreadable: as old as can be
