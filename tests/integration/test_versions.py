@@ -306,3 +306,12 @@ def test_a_version_a_service_serves_cannot_be_deleted(client, split):
     resp = client.delete(f"/v1/models/{MODEL}/versions/2", headers=AUTH)
     assert resp.status_code == 409 and "one of the versions of service" in resp.json["error"][
         "message"]
+
+
+def test_usage_lists_the_workers_holding_any_of_its_versions(client, split):
+    def listed():
+        workers = client.get(f"/v1/services/{split['id']}/usage", headers=AUTH).json["workers"]
+        return workers and workers
+
+    workers = wait_for(listed, 15, 0.2, what="the worker's usage report")
+    assert workers[0]["flavor"] == "cpu" and workers[0]["model_bytes"] >= 0

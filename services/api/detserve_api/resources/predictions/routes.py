@@ -33,6 +33,7 @@ from detserve_api.entrance import STARTED
 from detserve_api.errors import REQUEST_ID
 from detserve_api.resources.predictions import sync
 from detserve_api.resources.predictions.schemas import (
+    PIN_PARAMETER,
     PredictionSchema,
     TaskCreatedSchema,
     TaskSchema,
@@ -63,7 +64,7 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
                    **OPTION_FIELDS}}}}}
 OPTION_PARAMETERS = [{"in": "query", "name": name, "required": False, "schema": schema,
                       "description": "the same as the form field (a form field wins)"}
-                     for name, schema in OPTION_FIELDS.items()]
+                     for name, schema in OPTION_FIELDS.items()] + [PIN_PARAMETER]
 WITH_IMAGE = {"predictions.Predict", "predictions.Submit"}
 
 

@@ -173,6 +173,8 @@ class Logs(MethodView):
 class Usage(MethodView):
     @blp.response(200, UsageSchema)
     def get(self, service_id: str) -> dict[str, Any]:
-        """CPU, memory (and GPU) of the workers holding the service's model, last hour."""
+        """CPU, memory (and GPU) of the workers holding the service's model (any of its versions),
+        last hour."""
         service = deployments.get_service(context.runtime(), service_id)
-        return {"workers": usage.for_version(context.redis_client(), service.version_id)}
+        return {"workers": usage.for_version(context.redis_client(),
+                                             sorted(deployments.served_ids(service)))}
