@@ -4,9 +4,12 @@ complete_switch and reads what was sent). End to end: tests/integration/test_ver
 
 from __future__ import annotations
 
+import os
+import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from test_deployments import HOUR, RecordingBus
 
 from conftest import make_settings
@@ -19,6 +22,7 @@ from detserve.service.versions import delete_version, register_version
 from detserve.store import Store
 
 MODEL = build_blob_detector().SerializeToString()
+PG_URL = os.environ.get("DETSERVE_TEST_POSTGRES_URL")
 
 
 class SwitchBus(RecordingBus):
@@ -32,13 +36,28 @@ def celery_app(tmp_path_factory, redis_base):
     return make_celery(make_settings(tmp_path_factory.mktemp("rollout"), redis_base))
 
 
-@pytest.fixture()
-def vrt(tmp_path, celery_app):
-    store = Store(f"sqlite:///{tmp_path / 'detserve.db'}")  # a fresh database for each test
+@pytest.fixture(params=["sqlite", "postgresql"])
+def vrt(request, tmp_path, celery_app):
+    """A fresh database for each test: SQLite, and PostgreSQL in a schema of its own where
+    DETSERVE_TEST_POSTGRES_URL names one (the JSON columns and the row lock on both)."""
+    admin, schema = None, f"t_{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'detserve.db'}")
+    elif not PG_URL:
+        pytest.skip("set DETSERVE_TEST_POSTGRES_URL to run the rollout suite on PostgreSQL too")
+    else:
+        admin = create_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        store = Store(f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}")
     store.migrate()
     yield deployments.Runtime(store, ArtifactStore(tmp_path / "artifacts"), SwitchBus(celery_app),
                               HOUR)
     store.dispose()
+    if admin is not None:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def versions(rt: Any, n: int, state: str = status.SUCCESSFUL) -> list[Any]:
