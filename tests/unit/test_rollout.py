@@ -227,3 +227,31 @@ def test_a_change_no_worker_loads_fails_after_the_deploy_timeout(vrt):
         "error"]
     assert split_of(vrt, sid) == [(1, 100)]
     assert rollout.fail_stuck_changes(vrt, -1.0) == []  # once
+
+
+def test_a_change_while_deploying_is_loaded_by_that_deploy(vrt):
+    v1, v2 = versions(vrt, 2)
+    service, _ = deployments.create_service(vrt, v1, "cpu", None, {"enabled": False, "hours": 1})
+    rollout.change(vrt, service.id, [{"version": 1, "weight": 50}, {"version": 2, "weight": 50}])
+    assert split_of(vrt, service.id) == [(1, 50), (2, 50)]  # nothing serves yet: at once
+    loaded: list[int] = []
+    assert deployments.complete_deploy(vrt, service.id, lambda v: loaded.append(v.id)) == \
+        status.RUNNING
+    assert sorted(loaded) == [v1.id, v2.id]
+    assert [m[0] for m in vrt.bus.take() if m[0] == "switch"] == []
+
+
+def test_a_change_landing_during_the_deploys_load_is_loaded_too(vrt):
+    v1, v2 = versions(vrt, 2)
+    service, _ = deployments.create_service(vrt, v1, "cpu", None, {"enabled": False, "hours": 1})
+    loaded: list[int] = []
+
+    def load(version):
+        if not loaded:  # the first load: the user changes the versions meanwhile
+            rollout.change(vrt, service.id, [{"version": 1, "weight": 10},
+                                             {"version": 2, "weight": 90}])
+        loaded.append(version.id)
+
+    assert deployments.complete_deploy(vrt, service.id, load) == status.RUNNING
+    assert sorted(set(loaded)) == [v1.id, v2.id]
+    assert deployments.get_service(vrt, service.id).version == 2

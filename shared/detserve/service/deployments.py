@@ -355,22 +355,25 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
 
 
 def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) -> None:
-    """Load every version the service serves, the primary last (its steps end the deploy's
+    """Load every version the service serves, its primary last (its steps end the deploy's
     progress); a change of versions that landed while loading is loaded too."""
     done: set[int] = set()
     while True:
         service = get_service(rt, service_id)
-        todo = [v for v in served_ids(service) - done if v != version.id]
+        todo = served_ids(service) - done
         if not todo:
-            break
-        for version_id in sorted(todo):
-            with rt.store.session(readonly=True) as session:
-                other = session.get(ModelVersion, version_id)
-            if other is None:
-                raise NotFound(f"a version of this service (id {version_id}) was deleted")
-            load(other)
+            return
+        primary = [service.version_id] if service.version_id in todo else []
+        for version_id in sorted(todo - set(primary)) + primary:
+            if version_id == version.id:
+                load(version)
+            else:
+                with rt.store.session(readonly=True) as session:
+                    other = session.get(ModelVersion, version_id)
+                if other is None:
+                    raise NotFound(f"a version of this service (id {version_id}) was deleted")
+                load(other)
             done.add(version_id)
-    load(version)
 
 
 def _rearm_if_changed(rt: Runtime, service_id: str, armed_with: Service) -> None:
