@@ -5,6 +5,7 @@ complete_switch and reads what was sent). End to end: tests/integration/test_ver
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Any
 
@@ -255,3 +256,15 @@ def test_a_change_landing_during_the_deploys_load_is_loaded_too(vrt):
     assert deployments.complete_deploy(vrt, service.id, load) == status.RUNNING
     assert sorted(set(loaded)) == [v1.id, v2.id]
     assert deployments.get_service(vrt, service.id).version == 2
+
+
+def test_the_old_versions_are_unloaded_only_after_the_grace(vrt):
+    v1, _ = versions(vrt, 2)
+    sid = running(vrt, [{"version": 1, "weight": 100}])
+    rollout.change(vrt, sid, [{"version": 2, "weight": 100}])
+    token = deployments.get_service(vrt, sid).pending_traffic["token"]
+    vrt.bus.take()
+    assert rollout.complete_switch(vrt, sid, token, lambda v: None, unload_after=0.3) == "switched"
+    assert vrt.bus.take() == []  # requests that chose v1 just before may still be queued
+    time.sleep(0.8)
+    assert vrt.bus.take() == [("unload", str(v1.id))]

@@ -133,7 +133,8 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         """Load a Running service's new versions in this process, then make them its split."""
         host = state.host
         with state.claimed(self.request.id), logs.about(service_id):
-            complete_switch(host.rt, service_id, token, host.load, host.drop)
+            complete_switch(host.rt, service_id, token, host.load, host.drop,
+                            unload_after=settings.predict_timeout)
 
     @app.task(name=names.PREDICT, bind=True)
     def predict(self: Any, version_id: int, image_key: str,

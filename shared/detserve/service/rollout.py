@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -119,8 +120,12 @@ def change(rt: Runtime, service_id: str, items: Sequence[Mapping[str, Any]]) -> 
 
 
 def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[Any], Any],
-                    drop: Callable[[int], None] | None = None) -> str:
+                    drop: Callable[[int], None] | None = None, unload_after: float = 0.0) -> str:
     """The worker's side: load every version of the change `token`, then make it the live split.
+
+    The versions no service serves any more are unloaded `unload_after` s later (the worker
+    gives its prediction timeout): a request that chose one just before the switch, its frame
+    still queued, is answered by the model it chose rather than by a reload of it.
 
     Returns "switched", "failed" (a version did not load: the old split serves on), or "stale"
     (the change was replaced, or the service left Running, meanwhile).
@@ -163,7 +168,12 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         return "stale"
     log.info("now serving %s", ", ".join(f"v{e['version']}:{e['weight']}" for e in entries),
              extra={"service_id": service_id})
-    _unload_unused(rt, before - set(versions))
+    if unload_after > 0:
+        timer = threading.Timer(unload_after, _unload_quietly, (rt, before - set(versions)))
+        timer.daemon = True  # a worker that stops first drops them anyway (keep_only)
+        timer.start()
+    else:
+        _unload_unused(rt, before - set(versions))
     return "switched"
 
 
@@ -188,6 +198,13 @@ def _unload_unused(rt: Runtime, version_ids: set[int]) -> None:
     """Tell every worker to drop what no live service serves any more."""
     for version_id in version_ids - versions_in_use(rt):
         rt.bus.unload(version_id)
+
+
+def _unload_quietly(rt: Runtime, version_ids: set[int]) -> None:
+    try:
+        _unload_unused(rt, version_ids)
+    except Exception as exc:  # noqa: BLE001 - a worker's next reconnect drops them (keep_only)
+        log.warning("could not unload versions %s after a switch: %s", sorted(version_ids), exc)
 
 
 def _drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] | None) -> None:
