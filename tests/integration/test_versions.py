@@ -315,3 +315,27 @@ def test_usage_lists_the_workers_holding_any_of_its_versions(client, split):
 
     workers = wait_for(listed, 15, 0.2, what="the worker's usage report")
     assert workers[0]["flavor"] == "cpu" and workers[0]["model_bytes"] >= 0
+
+
+def test_a_prediction_still_reads_the_database_once(stack, client, split, monkeypatch):
+    # the weights come with the service's row (auth.HOT_QUERY): no second query per request
+    from sqlalchemy import event
+
+    from detserve_api.activity import Warnings
+
+    monkeypatch.setattr(Warnings, "TTL", 3600.0)  # its own cached read, once a second, aside
+    assert ask(client, split["id"]).status_code == 200
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *_):
+        statements.append(statement)
+
+    event.listen(stack.store.engine, "before_cursor_execute", seen)
+    try:
+        for headers in ({}, {PIN: "3"}):
+            statements.clear()
+            assert ask(client, split["id"], headers).status_code == 200
+            selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+            assert len(selects) == 1, statements
+    finally:
+        event.remove(stack.store.engine, "before_cursor_execute", seen)
