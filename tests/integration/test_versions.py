@@ -144,6 +144,10 @@ def test_monitoring_counts_per_version(client, split):
     now = wait_for(counted, 10, 0.1, what=lambda: f"the per-version counts (had {had}, now "
                    f"{client.get(url, headers=AUTH).json['versions']})")
     assert sum(v["requests"] for v in now["versions"]) <= now["requests"]
+    per_minute = Counter()
+    for point in now["series"]:
+        per_minute.update({v["version"]: v["requests"] for v in point["versions"]})
+    assert per_minute == {v["version"]: v["requests"] for v in now["versions"]}
     metrics = client.get("/metrics").get_data(as_text=True)
     assert f'detserve_version_requests_total{{service="{split["id"]}",version="3"}}' in metrics
 

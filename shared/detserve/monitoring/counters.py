@@ -177,10 +177,12 @@ def summary(client: redis.Redis, service_id: str, now: float | None = None) -> d
         stats, lats = replies[2 * i], [float(x) for x in replies[2 * i + 1]]
         req, fail = int(stats.get(b"requests", 0)), int(stats.get(b"failures", 0))
         requests, failures = requests + req, failures + fail
-        versions.update({_text(k): int(v) for k, v in stats.items() if _text(k).startswith("v")})
+        minute = Counter({_text(k): int(v) for k, v in stats.items() if _text(k).startswith("v")})
+        versions.update(minute)
         everything.extend(lats)
         series.append({"minute": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(m)),
-                       "requests": req, "failures": fail, "p50_ms": _pct(lats, 50)})
+                       "requests": req, "failures": fail, "p50_ms": _pct(lats, 50),
+                       "versions": by_version(minute)})
     return {"requests": requests, "failures": failures,
             "latency_ms": {"p50": _pct(everything, 50), "p95": _pct(everything, 95),
                            "p99": _pct(everything, 99)},

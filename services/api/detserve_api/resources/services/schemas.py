@@ -208,11 +208,6 @@ class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema))
 
 
-class SeriesPointSchema(Schema):
-    minute = fields.String()
-    requests = fields.Integer()
-    failures = fields.Integer()
-    p50_ms = fields.Float(allow_none=True)
 
 
 class LatencySchema(Schema):
@@ -225,6 +220,15 @@ class VersionCountSchema(Schema):
     version = fields.Integer()
     requests = fields.Integer()
     failures = fields.Integer()
+
+
+class SeriesPointSchema(Schema):
+    minute = fields.String()
+    requests = fields.Integer()
+    failures = fields.Integer()
+    p50_ms = fields.Float(allow_none=True)
+    versions = fields.List(fields.Nested(VersionCountSchema), metadata={
+        "description": "the minute's requests and failures by the version that answered"})
 
 
 class MonitoringSchema(Schema):
