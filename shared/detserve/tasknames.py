@@ -2,6 +2,7 @@
 
 DEPLOY = "worker.deploy"
 PREDICT = "worker.predict"
+SWITCH = "worker.switch"  # load a service's new versions, then serve them
 STOP = "scheduler.stop"
 SWEEP = "scheduler.sweep"
 

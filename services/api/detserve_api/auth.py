@@ -25,7 +25,8 @@ from detserve_api import context
 
 # what the prediction routes need of a service, read in one small query per request
 HOT_QUERY = select(Service.id, Service.status, Service.flavor, Service.version_id,
-                   Service.key_hash, Service.traffic_limit_qps
+                   Service.key_hash, Service.traffic_limit_qps,
+                   Service.version, Service.traffic,  # the versions' weights (service/traffic.py)
                    ).where(Service.id == bindparam("id"))  # built once
 KEY_OWNER_QUERY = select(Service.id).where(Service.key_hash == bindparam("key_hash"))
 PUBLIC_BLUEPRINTS = {"health", "api-docs", "console"}

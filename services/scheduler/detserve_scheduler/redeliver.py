@@ -35,8 +35,8 @@ def redeliver_orphans(app: Celery, client: redis.Redis, within: float, keep_seco
         if record.worker in alive[record.queue] or not inflight.release(client, record.task_id):
             continue  # its worker lives, or another sweep took it over first
         sent.append(record.task_id)
-        if record.task == names.DEPLOY:
-            app.send_task(names.DEPLOY, args=record.args, queue=record.queue)
+        if record.task in (names.DEPLOY, names.SWITCH):  # both idempotent
+            app.send_task(record.task, args=record.args, queue=record.queue)
         else:
             _predict_again(app, client, record, keep_seconds)
     return sent

@@ -13,7 +13,7 @@ from detserve import tasknames as names
 from detserve.celery_app import redis_client
 from detserve.config import Settings
 from detserve.lane.bus import CeleryBus
-from detserve.service import deployments, idle, repairs
+from detserve.service import deployments, idle, repairs, rollout
 from detserve.service.artifacts import ArtifactStore
 from detserve.store import Store
 from detserve_scheduler.redeliver import redeliver_orphans, resend_lost
@@ -65,3 +65,6 @@ def register_scheduler_tasks(app: Celery, settings: Settings) -> None:
         failed = repairs.fail_stuck_deploys(rt, settings.deploy_timeout)
         if failed:
             log.warning("deploys that never finished, now Failed: %s", ", ".join(failed))
+        lost = rollout.fail_stuck_changes(rt, settings.deploy_timeout)
+        if lost:
+            log.warning("changes of versions that never loaded, now failed: %s", ", ".join(lost))

@@ -31,8 +31,10 @@ log = logging.getLogger("detserve.inference.host")
 class Loaded:
     """One loaded version: its detector, its batcher, and how many calls are using it."""
 
-    def __init__(self, detector: Detector, batcher: Batcher[Prepared, list[Any]] | None) -> None:
+    def __init__(self, detector: Detector, batcher: Batcher[Prepared, list[Any]] | None,
+                 number: int = 0) -> None:
         self.detector, self.batcher = detector, batcher
+        self.number = number  # the version's number within its model
         self.users = 0
         self.retired = False
 
@@ -78,6 +80,16 @@ class ModelHost:
                     self._retire_locked(old)
                     self.memory.dropped(old_id)
         return entry.detector
+
+    def version_number(self, version_id: int) -> int | None:
+        """The number (within its model) of a version id, from what is loaded or the store."""
+        with self._lock:
+            entry = self._models.get(version_id)
+        if entry is not None and entry.number:
+            return entry.number
+        with self.rt.store.session(readonly=True) as session:
+            version = session.get(ModelVersion, version_id)
+        return version.version if version is not None else None
 
     def get(self, version_id: int) -> Detector:
         """The detector of a version, loaded on first use in this process."""
@@ -167,4 +179,4 @@ class ModelHost:
             batcher = Batcher(detector.infer_batch, max_batch=max_batch,
                               window=self.settings.batch_window_ms / 1000,
                               name=f"batcher-v{version.id}")
-        return Loaded(detector, batcher)
+        return Loaded(detector, batcher, version.version)

@@ -31,6 +31,7 @@ from detserve.reconnect import Backoff
 from detserve.service import progress
 from detserve.service.artifacts import ArtifactStore
 from detserve.service.deployments import Runtime, complete_deploy, versions_in_use
+from detserve.service.rollout import complete_switch
 from detserve.store import Store
 
 log = logging.getLogger("detserve.inference.worker")
@@ -127,6 +128,14 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
                 progress.deploying(state.redis, service_id, host.load) as load:
             complete_deploy(host.rt, service_id, load, host.drop)
 
+    @app.task(name=names.SWITCH, bind=True, ignore_result=True)
+    def switch(self: Any, service_id: str, token: str) -> None:
+        """Load a Running service's new versions in this process, then make them its split."""
+        host = state.host
+        with state.claimed(self.request.id), logs.about(service_id):
+            complete_switch(host.rt, service_id, token, host.load, host.drop,
+                            unload_after=settings.predict_timeout)
+
     @app.task(name=names.PREDICT, bind=True)
     def predict(self: Any, version_id: int, image_key: str,
                 options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,7 +144,9 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
         with state.claimed(task_id):
             try:
                 # the image stays in Redis until the task ends, so a redelivery still finds it
-                return state.predict(version_id, images.read(state.redis, image_key), options)
+                result = state.predict(version_id, images.read(state.redis, image_key), options)
+                # which version answered: a service may serve several (service/traffic.py)
+                return {**result, "version": state.host.version_number(version_id)}
             except images.ImageGone:
                 if self.AsyncResult(task_id).state in READY_STATES:
                     raise Ignore() from None  # a stale second delivery of a finished task
@@ -146,7 +157,7 @@ def register_worker_tasks(app: Celery, backend_cls: Any, settings: Settings, fla
 
     @signals.task_received.connect(weak=False)
     def _claim(request: Any = None, **_: Any) -> None:
-        if request is not None and request.name in (names.DEPLOY, names.PREDICT):
+        if request is not None and request.name in (names.DEPLOY, names.PREDICT, names.SWITCH):
             state.claim(request.id, request.name, list(request.args), flavor)
 
     lane: dict[str, LaneConsumer] = {}

@@ -21,6 +21,7 @@ class Bus(Protocol):
     def countdown(self, service_id: str, token: str, eta: datetime) -> None: ...
     def revoke(self, token: str) -> None: ...
     def unload(self, version_id: int) -> None: ...
+    def switch(self, service_id: str, flavor: str, token: str) -> None: ...
 
 
 class CeleryBus:
@@ -36,6 +37,10 @@ class CeleryBus:
             self._redis = redis.Redis.from_url(self.app.conf.broker_url)
         progress.DeployProgress(self._redis, service_id).queued()
         self.app.send_task(names.DEPLOY, args=[service_id], queue=flavor)
+
+    def switch(self, service_id: str, flavor: str, token: str) -> None:
+        """A worker of the flavor loads the versions of the change `token`, then switches."""
+        self.app.send_task(names.SWITCH, args=[service_id, token], queue=flavor)
 
     def countdown(self, service_id: str, token: str, eta: datetime) -> None:
         # The arming token doubles as the task id, so re-arming can revoke it by name.

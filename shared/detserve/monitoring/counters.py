@@ -1,10 +1,17 @@
-"""Per-service request counters in Redis, by minute, so every API process sees the same numbers."""
+"""Per-service request counters in Redis, by minute, so every API process sees the same numbers.
+
+A service serving several versions (service/traffic.py) has its counts also kept per version, as
+fields `v<N>:requests` and `v<N>:failures` of the same hashes: the per-service totals are what
+they always were, and the versions' counts add up to them (a request no version was chosen for,
+such as one refused before, counts only for the service).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -47,10 +54,15 @@ class _Tally:
     latency_sum: float = 0.0
     inference_sum: float = 0.0
     inference_count: int = 0
+    versions: Counter[str] = field(default_factory=Counter)  # "v3:requests" -> n
 
-    def add(self, latency_ms: float, ok: bool, inference_ms: float | None) -> None:
+    def add(self, latency_ms: float, ok: bool, inference_ms: float | None,
+            version: int | None = None) -> None:
         self.requests += 1
         self.failures += 0 if ok else 1
+        if version is not None:
+            self.versions[f"v{version}:requests"] += 1
+            self.versions[f"v{version}:failures"] += 0 if ok else 1
         self.latencies.append(round(latency_ms, 3))
         self.buckets[str(next((b for b in BUCKETS_MS if latency_ms <= b), "inf"))] += 1
         self.latency_sum += latency_ms
@@ -65,6 +77,9 @@ class _Tally:
             pipe.hincrby(key, "requests", self.requests)
             if self.failures:
                 pipe.hincrby(key, "failures", self.failures)
+            for name, n in self.versions.items():
+                if n:
+                    pipe.hincrby(key, name, n)
         pipe.rpush(lat, *self.latencies)
         pipe.ltrim(lat, -MAX_SAMPLES, -1)
         pipe.expire(stats, KEEP_SECONDS)
@@ -78,15 +93,20 @@ class _Tally:
         pipe.sadd("detserve:metrics:services", service_id)
 
 
-Sample = tuple[str, float, bool, "float | None", float]  # service, latency, ok, inference, time
+# service, latency, ok, inference, time[, version]
+Sample = tuple[str, float, bool, "float | None", float] | tuple[
+    str, float, bool, "float | None", float, "int | None"]
 
 
 def record_many(client: redis.Redis, samples: list[Sample]) -> None:
     """Count prediction requests, summed per service-minute, in one round trip."""
     tallies: dict[tuple[str, int], _Tally] = {}
     last: dict[str, float] = {}  # the idle auto stop counts from each service's last prediction
-    for service_id, latency_ms, ok, inference_ms, ts in samples:
-        tallies.setdefault((service_id, _minute(ts)), _Tally()).add(latency_ms, ok, inference_ms)
+    for sample in samples:
+        service_id, latency_ms, ok, inference_ms, ts = sample[:5]
+        version = sample[5] if len(sample) > 5 else None
+        tallies.setdefault((service_id, _minute(ts)), _Tally()).add(latency_ms, ok, inference_ms,
+                                                                     version)
         last[service_id] = max(ts, last.get(service_id, 0.0))
     pipe = client.pipeline(transaction=False)
     idle.touch(pipe, last)
@@ -113,10 +133,10 @@ class Recorder:
         self._pid = -1
 
     def record(self, service_id: str, latency_ms: float, ok: bool,
-               inference_ms: float | None = None) -> None:
+               inference_ms: float | None = None, version: int | None = None) -> None:
         if self._pid != os.getpid():  # first use in this process (a gunicorn worker forks)
             self._start()
-        self._queue.put((service_id, latency_ms, ok, inference_ms, time.time()))
+        self._queue.put((service_id, latency_ms, ok, inference_ms, time.time(), version))
 
     def _start(self) -> None:
         with self._lock:
@@ -152,17 +172,32 @@ def summary(client: redis.Redis, service_id: str, now: float | None = None) -> d
     replies = pipe.execute()
     series, everything = [], []
     requests = failures = 0
+    versions: Counter[str] = Counter()
     for i, m in enumerate(minutes):
         stats, lats = replies[2 * i], [float(x) for x in replies[2 * i + 1]]
         req, fail = int(stats.get(b"requests", 0)), int(stats.get(b"failures", 0))
         requests, failures = requests + req, failures + fail
+        minute = Counter({_text(k): int(v) for k, v in stats.items() if _text(k).startswith("v")})
+        versions.update(minute)
         everything.extend(lats)
         series.append({"minute": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(m)),
-                       "requests": req, "failures": fail, "p50_ms": _pct(lats, 50)})
+                       "requests": req, "failures": fail, "p50_ms": _pct(lats, 50),
+                       "versions": by_version(minute)})
     return {"requests": requests, "failures": failures,
             "latency_ms": {"p50": _pct(everything, 50), "p95": _pct(everything, 95),
                            "p99": _pct(everything, 99)},
+            "versions": by_version(versions),
             "series": series}
+
+
+_VERSION_FIELD = re.compile(r"v(\d+):(?:requests|failures)")
+
+
+def by_version(fields: Counter[str]) -> list[dict[str, int]]:
+    """[{"version", "requests", "failures"}] from `v<N>:requests`/`v<N>:failures` counts."""
+    numbers = sorted({int(m.group(1)) for m in map(_VERSION_FIELD.fullmatch, fields) if m})
+    return [{"version": n, "requests": fields.get(f"v{n}:requests", 0),
+             "failures": fields.get(f"v{n}:failures", 0)} for n in numbers]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -197,6 +232,12 @@ class ServiceMetrics:
         inference = SummaryMetricFamily("detserve_inference_seconds",
                                         "Time the workers spent in the model pipeline.",
                                         labels=["service"])
+        version_requests = CounterMetricFamily(
+            "detserve_version_requests", "Prediction requests per service and model version.",
+            labels=["service", "version"])
+        version_failures = CounterMetricFamily(
+            "detserve_version_failures", "Failed prediction requests per service and model "
+            "version.", labels=["service", "version"])
         for sid, r in rows.items():
             requests.add_metric([sid], int(r.get(b"requests", 0)))
             failures.add_metric([sid], int(r.get(b"failures", 0)))
@@ -207,7 +248,11 @@ class ServiceMetrics:
             latency.add_metric([sid], buckets, float(r.get(b"latency_sum_ms", 0)) / 1000)
             inference.add_metric([sid], int(r.get(b"inference_count", 0)),
                                  float(r.get(b"inference_sum_ms", 0)) / 1000)
-        yield from (requests, failures, latency, inference)
+            for v in by_version(Counter({_text(k): int(n) for k, n in r.items()
+                                         if _text(k).startswith("v")})):
+                version_requests.add_metric([sid, str(v["version"])], v["requests"])
+                version_failures.add_metric([sid, str(v["version"])], v["failures"])
+        yield from (requests, failures, latency, inference, version_requests, version_failures)
 
 
 def prometheus(client: redis.Redis, live: Callable[[], set[str]], *more: Collector) -> bytes:

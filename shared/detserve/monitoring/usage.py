@@ -16,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psutil
@@ -150,13 +150,17 @@ def latest(client: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(t) for t in texts if t]
 
 
-def for_version(client: redis.Redis, version_id: int) -> list[dict[str, Any]]:
-    """Per worker holding the version: its figures now and a series over the last hour."""
+def for_version(client: redis.Redis, version_id: int | Iterable[int]) -> list[dict[str, Any]]:
+    """Per worker holding the version (or any of the versions: a service may serve several, and
+    then its model's memory is theirs together): its figures now and a series over the last hour."""
+    wanted = [str(version_id)] if isinstance(version_id, int) else [str(v) for v in version_id]
     rows = []
     for figures in latest(client):
-        model = figures["models"].get(str(version_id))
-        if model is None:
+        held = [figures["models"][v] for v in wanted if v in figures["models"]]
+        if not held:
             continue
+        device = [m["device_bytes"] for m in held if m["device_bytes"] is not None]
+        model = {"bytes": sum(m["bytes"] for m in held), "device_bytes": sum(device) if device else None}
         texts = client.zrangebyscore(SERIES.format(worker=figures["worker"]),
                                      time.time() - WINDOW_SECONDS, "+inf")
         rows.append({"worker": figures["worker"], "flavor": figures["flavor"],

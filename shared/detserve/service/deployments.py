@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from detserve.errors import (
     NotFound,
@@ -21,7 +21,7 @@ from detserve.errors import (
     quoted,
 )
 from detserve.lane.bus import Bus
-from detserve.service import status
+from detserve.service import status, traffic
 from detserve.service.artifacts import ArtifactStore
 from detserve.store import ModelVersion, Service, ServiceEvent, Store, utcnow
 
@@ -47,9 +47,13 @@ def hash_key(key: str) -> str:
 
 def create_service(
     rt: Runtime, version: ModelVersion, flavor: str, name: str | None, auto_stop: dict[str, Any],
-    traffic_limit_qps: float | None = None,
+    traffic_limit_qps: float | None = None, split: list[traffic.Entry] | None = None,
 ) -> tuple[Service, str]:
-    """Record a service in Deploying, send it to the flavor's queue; return it with its key."""
+    """Record a service in Deploying, send it to the flavor's queue; return it with its key.
+
+    `split`: its versions and weights (rollout.resolve), of which `version` is the primary;
+    None: `version` alone.
+    """
     if version.status != status.SUCCESSFUL:
         raise VersionNotDeployable(
             f"version {version.version} of {version.model!r} is {version.status}; "
@@ -63,7 +67,7 @@ def create_service(
         compute_nodes=1, status=status.DEPLOYING, auto_stop_enabled=auto_stop["enabled"],
         auto_stop_hours=auto_stop["hours"], auto_stop_idle_minutes=auto_stop.get("idle_minutes"),
         key_hash=hash_key(key), running_seconds=0.0, traffic_limit_qps=traffic_limit_qps,
-        created_at=now, updated_at=now,
+        traffic=traffic.served(split, version.id, version.version), created_at=now, updated_at=now,
     )
     with rt.store.session() as session:
         session.add(service)
@@ -126,13 +130,14 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
         return False
     try:
         status.transition(rt.store, service_id, status.STOPPABLE, status.STOPPING, reason=reason,
-                          billing_until=billing_until, stop_at=None, stop_token=None)
+                          billing_until=billing_until, stop_at=None, stop_token=None,
+                          **_promoted(service))
     except StaleTransition:
         return False  # someone else stopped it first
     if service.stop_token:
         rt.bus.revoke(service.stop_token)
-    if not version_in_use(rt, service.version_id):
-        rt.bus.unload(service.version_id)
+    for version_id in served_ids(service) - versions_in_use(rt):
+        rt.bus.unload(version_id)
     status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
     return True
 
@@ -200,16 +205,33 @@ def events(rt: Runtime, service_id: str) -> list[ServiceEvent]:
 
 
 def version_in_use(rt: Runtime, version_id: int) -> bool:
-    with rt.store.session(readonly=True) as session:
-        return bool(session.scalar(select(func.count()).where(
-            Service.version_id == version_id, Service.status.in_(status.ACTIVE))))
+    return version_id in versions_in_use(rt)
 
 
 def versions_in_use(rt: Runtime) -> set[int]:
-    """The versions of every Deploying or Running service: what workers should keep loaded."""
+    """The versions of every Deploying or Running service, those of a change of versions being
+    loaded included: what workers should keep loaded."""
     with rt.store.session(readonly=True) as session:
-        return set(session.scalars(select(Service.version_id).where(
-            Service.status.in_(status.ACTIVE)).distinct()))
+        rows = session.execute(select(Service.version_id, Service.version, Service.traffic,
+                                      Service.pending_traffic).where(
+            Service.status.in_(status.ACTIVE))).all()
+    return set().union(*(served_ids(row) for row in rows))
+
+
+def served_ids(service: Any) -> set[int]:
+    """The version ids a service serves, or is loading to serve."""
+    ids = traffic.version_ids(traffic.served(service.traffic, service.version_id,
+                                             service.version))
+    pending = service.pending_traffic
+    if pending and pending.get("state") == "loading":
+        ids |= traffic.version_ids(pending["versions"])
+    return ids
+
+
+def _promoted(service: Service) -> dict[str, Any]:
+    from detserve.service.rollout import promoted  # rollout builds on this module
+
+    return promoted(service)
 
 
 # ---- auto stop ----------------------------------------------------------------------------
@@ -279,7 +301,8 @@ def recover(rt: Runtime) -> list[str]:
                 status.transition(rt.store, sid, status.STOPPING, status.STOPPED, reason="restart")
                 continue
             if current == status.RUNNING:
-                status.transition(rt.store, sid, status.RUNNING, status.DEPLOYING, reason="restart")
+                status.transition(rt.store, sid, status.RUNNING, status.DEPLOYING, reason="restart",
+                                  **_promoted(service))
         except StaleTransition:
             continue
         rt.bus.deploy(sid, service.flavor)
@@ -303,7 +326,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     if service is None or version is None or service.status != status.DEPLOYING:
         return service.status if service else "missing"
     try:
-        load(version)
+        _load_all(rt, service_id, version, load)
     except Exception as exc:  # any failure to load is the user's to read, not a crash
         log.warning("deploy of service %s (version %s) failed", service_id, version.id,
                     exc_info=exc)  # the whole story here; the service shows what a caller may read
@@ -322,13 +345,36 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
         status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
                           reason="deployed", error=None, **fields)
     except StaleTransition:
-        if drop is not None and not version_in_use(rt, version.id):
-            drop(version.id)  # stopped while loading: its unload came before the model did
+        if drop is not None:  # stopped while loading: its unload came before the models did
+            for version_id in (served_ids(service) | {version.id}) - versions_in_use(rt):
+                drop(version_id)
         return get_service(rt, service_id).status
     send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
                                               "stop_at": service.stop_at})
     _rearm_if_changed(rt, service_id, service)
     return status.RUNNING
+
+
+def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) -> None:
+    """Load every version the service serves, its primary last (its steps end the deploy's
+    progress); a change of versions that landed while loading is loaded too."""
+    done: set[int] = set()
+    while True:
+        service = get_service(rt, service_id)
+        todo = served_ids(service) - done
+        if not todo:
+            return
+        primary = [service.version_id] if service.version_id in todo else []
+        for version_id in sorted(todo - set(primary)) + primary:
+            if version_id == version.id:
+                load(version)
+            else:
+                with rt.store.session(readonly=True) as session:
+                    other = session.get(ModelVersion, version_id)
+                if other is None:
+                    raise NotFound(f"a version of this service (id {version_id}) was deleted")
+                load(other)
+            done.add(version_id)
 
 
 def _rearm_if_changed(rt: Runtime, service_id: str, armed_with: Service) -> None:

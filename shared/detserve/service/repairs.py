@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from detserve.errors import StaleTransition
 from detserve.service import status
-from detserve.service.deployments import Runtime, version_in_use
+from detserve.service.deployments import Runtime, served_ids, versions_in_use
 from detserve.store import Service, utcnow
 
 
@@ -37,11 +37,13 @@ def finish_stuck_stops(rt: Runtime, older_than: float) -> list[str]:
     or Redis failed between the two steps), wherever detserve runs: the scheduler's sweep."""
     cutoff = utcnow() - timedelta(seconds=older_than)
     with rt.store.session(readonly=True) as session:
-        stuck = session.execute(select(Service.id, Service.version_id).where(
+        stuck = session.execute(select(Service.id, Service.version_id, Service.version,
+                                       Service.traffic, Service.pending_traffic).where(
             Service.status == status.STOPPING, Service.updated_at < cutoff)).all()
     finished = []
-    for sid, version_id in stuck:
-        if not version_in_use(rt, version_id):
+    for row in stuck:
+        sid = row.id
+        for version_id in served_ids(row) - versions_in_use(rt):
             rt.bus.unload(version_id)  # the step that may not have happened
         try:
             status.transition(rt.store, sid, status.STOPPING, status.STOPPED, reason="stop_repaired")

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 
 from detserve.errors import InvalidModel, NotFound, VersionInUse, quoted
 from detserve.service import status
-from detserve.service.deployments import Runtime
+from detserve.service.deployments import Runtime, served_ids
 from detserve.service.packages import read_package
 from detserve.store import ModelVersion, Service, utcnow
 
@@ -52,6 +52,11 @@ def delete_version(rt: Runtime, model: str, version: int) -> None:
         if users:
             raise VersionInUse(f"version {version} of {quoted(model)} is used by service(s) "
                                f"{', '.join(users)} that are not Stopped; stop or delete them first")
+        sharing = [svc.id for svc in session.scalars(select(Service).where(
+            Service.version_id != row.id, Service.traffic.is_not(None))) if row.id in served_ids(svc)]
+        if sharing:
+            raise VersionInUse(f"version {version} of {model!r} is one of the versions of "
+                               f"service(s) {', '.join(sharing)}; change their versions first")
         for svc in session.scalars(select(Service).where(Service.version_id == row.id)):
             session.delete(svc)
         session.delete(session.get(ModelVersion, row.id))

@@ -9,7 +9,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -75,10 +75,13 @@ STATEMENT_SECONDS = 15
 
 def _make_engine(url: str) -> Engine:
     if url.startswith("postgresql"):
+        # connect_args' options replace the URL's own (e.g. -csearch_path=...): keep both
+        given = make_url(url).query.get("options", "")
         return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, connect_args={
             "connect_timeout": CONNECT_SECONDS,
-            "options": f"-c statement_timeout={STATEMENT_SECONDS * 1000} "
-                       f"-c lock_timeout={BUSY_SECONDS * 1000}",
+            "options": f"{given if isinstance(given, str) else ' '.join(given)} "
+                       f"-c statement_timeout={STATEMENT_SECONDS * 1000} "
+                       f"-c lock_timeout={BUSY_SECONDS * 1000}".strip(),
             # the server's timeouts cannot end a wait on a dead link: the kernel's can
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
             "keepalives_count": 3, "tcp_user_timeout": STATEMENT_SECONDS * 1000})

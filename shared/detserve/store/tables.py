@@ -71,6 +71,11 @@ class Service(Base):
     auto_stop_hours: Mapped[int] = mapped_column(Integer, default=1)
     auto_stop_idle_minutes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     traffic_limit_qps: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the versions served and their weights, [{"version", "version_id", "weight"}]; null: only
+    # version_id (service/traffic.py reads it). Read with the hot query, so one row says it all.
+    traffic: Mapped[list[dict[str, int]] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # a change of versions waiting for the workers to load them (service/traffic.py)
+    pending_traffic: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     stop_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
     stop_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
     key_hash: Mapped[str] = mapped_column(String(64))

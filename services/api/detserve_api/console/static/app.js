@@ -298,7 +298,7 @@ async function loadServices() {
     button("Delete", remove, true);
     const row = el("tr", { className: svc.id === state.selected ? "selected" : "" },
       el("td", { textContent: svc.name }),
-      el("td", { textContent: `${svc.model} v${svc.version}` }),
+      el("td", { textContent: `${svc.model} ${splitText(svc)}` }),
       el("td", { textContent: svc.flavor.toUpperCase() }),
       el("td", {}, el("span", { className: `status ${svc.status}`, textContent: svc.status, title: svc.error || "" }),
         ...(svc.status === "Deploying" && svc.progress !== null ? [progressBar(svc)] : [])),
@@ -310,6 +310,13 @@ async function loadServices() {
     row.addEventListener("click", () => { state.selected = svc.id; loadServices(); loadDetail(); });
     body.append(row);
   }
+}
+
+// "v3" for one version; "v3 90% · v4 10%" for a service serving several (weights)
+function splitText(svc) {
+  const versions = svc.versions || [{ version: svc.version, weight: 100 }];
+  if (versions.length === 1) return `v${versions[0].version}`;
+  return versions.map((v) => `v${v.version} ${v.weight}%`).join(" · ");
 }
 
 async function act(svc, action) {
@@ -457,7 +464,8 @@ function renderMonitoring(mon) {
   const lat = mon.latency_ms;
   const fmt = (v) => (v == null ? "–" : `${v.toFixed(1)} ms`);
   $("#monitoring-summary").textContent =
-    `${mon.requests} requests, ${mon.failures} failures; latency p50 ${fmt(lat.p50)}, p95 ${fmt(lat.p95)}, p99 ${fmt(lat.p99)}`;
+    `${mon.requests} requests, ${mon.failures} failures; latency p50 ${fmt(lat.p50)}, p95 ${fmt(lat.p95)}, p99 ${fmt(lat.p99)}` +
+    ((mon.versions || []).length ? `; by version: ${mon.versions.map((v) => `v${v.version} ${v.requests} (${v.failures} failed)`).join(", ")}` : "");
   const canvas = $("#monitoring-chart");
   const ctx = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height, pad = 24;

@@ -15,6 +15,7 @@ from detserve.errors import for_caller
 from detserve.processing.options import BOX_FORMATS
 from detserve_api import context
 from detserve_api.resources.predictions.schemas import (
+    PIN_PARAMETER,
     PredictionSchema,
     TaskCreatedSchema,
     TaskSchema,
@@ -44,7 +45,7 @@ IMAGE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
                    **OPTION_FIELDS}}}}}
 OPTION_PARAMETERS = [{"in": "query", "name": name, "required": False, "schema": schema,
                       "description": "the same as the form field (a form field wins)"}
-                     for name, schema in OPTION_FIELDS.items()]
+                     for name, schema in OPTION_FIELDS.items()] + [PIN_PARAMETER]
 ERRORS = {"$ref": "#/components/responses/DEFAULT_ERROR"}
 
 

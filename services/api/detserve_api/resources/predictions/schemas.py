@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields
 
+from detserve.service import traffic
+
+# the pin of a version (service/traffic.py); the answer names the version in the same header
+PIN_PARAMETER = {"in": "header", "name": traffic.PIN_HEADER, "required": False,
+                 "schema": {"type": "integer", "minimum": 1},
+                 "description": "answer with this version (one the service serves, weight 0 "
+                                "included) instead of one drawn by weight; another is a 400. "
+                                "Every answer for which a version was chosen names it in the "
+                                "same header"}
+
 
 class PredictionSchema(Schema):
     detection_classes = fields.List(fields.String())
@@ -12,6 +22,9 @@ class PredictionSchema(Schema):
                                                            "or as the request's box_format asks"})
     detection_scores = fields.List(fields.Float())
     inference_ms = fields.Float(metadata={"description": "time spent in the worker's pipeline"})
+    version = fields.Integer(allow_none=True, metadata={
+        "description": "async results: the version that answered (sync answers say it in the "
+                       "X-Model-Version header)"})
 
 
 class TaskCreatedSchema(Schema):

@@ -9,9 +9,10 @@ A sync prediction, from the socket to the model and back:
    service whose stop is near, the idle auto stop's activity;
 3. PredictionApp.predict below: the caller (auth.service_access: the key or the admin token, and
    the service's hot row in one query; 401/403/404), the service Running (409) and under its
-   traffic limit (429), all judged before the body is read; then the upload (uploads.py) and its
-   header (400/413), the answer options (400), and sync.predict: a frame on the flavor's Redis
-   lane (detserve.lane), whose worker runs the model;
+   traffic limit (429), all judged before the body is read; the version that answers (by the
+   service's weights, or the caller's X-Model-Version pin: service/traffic.py); then the upload
+   (uploads.py) and its header (400/413), the answer options (400), and sync.predict: a frame on
+   the flavor's Redis lane (detserve.lane), whose worker runs the model;
 4. Server-Timing and the service's monitoring counts, on every answer, errors too.
 Every failure is answered by errors.response_for, the renderer Flask's handlers use.
 """
@@ -30,12 +31,14 @@ from werkzeug.wrappers import Response
 from detserve import tasknames as names
 from detserve.errors import DetserveError
 from detserve.processing import headers as images
+from detserve.service import traffic
 from detserve_api import auth
 from detserve_api.entrance import STARTED, StartResponse, WSGIApp
 from detserve_api.errors import REQUEST_ID, response_for
 from detserve_api.resources.predictions import sync
 from detserve_api.uploads import read_upload
 
+PIN = "HTTP_" + traffic.PIN_HEADER.upper().replace("-", "_")  # the caller's pinned version
 ROUTES = re.compile(r"/v1/services/(?P<service_id>[^/]+)/(?P<action>predict|predictions)\Z")
 
 
@@ -56,7 +59,7 @@ class PredictionApp:
         if match is None:
             return self.flask(environ, start_response)
         service_id, action = match.group("service_id", "action")
-        timings = None
+        timings, routed = None, None
         try:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise MethodNotAllowed(f"{action} takes POST only")
@@ -65,16 +68,20 @@ class PredictionApp:
                 timings = sync.Timings(environ.get(STARTED, 0.0))
             sync.check_running(service)
             self.ext["limiter"].check(service.id, service.traffic_limit_qps)
+            service = routed = traffic.route(service, environ.get(PIN))  # the version answering
             if timings is not None:
                 response = self.predict(environ, service, timings)
             else:
                 response = self.submit(environ, service)
         except Exception as exc:  # noqa: BLE001 - every failure is rendered, 5xx ones logged
             response = response_for(exc, environ.get(REQUEST_ID, ""))
+        if routed is not None:  # the version that answered (or will)
+            response.headers[traffic.PIN_HEADER] = str(routed.version)
         if timings is not None:
             response.headers["Server-Timing"] = timings.server_timing()
             self.ext["monitor"].record(service_id, timings.elapsed_ms(),
-                                       response.status_code == 200, timings.inference_ms)
+                                       response.status_code == 200, timings.inference_ms,
+                                       routed.version if routed is not None else None)
         return response(environ, start_response)
 
     def _caller(self, environ: dict[str, Any], service_id: str) -> Any:

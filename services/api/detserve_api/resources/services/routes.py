@@ -11,7 +11,7 @@ from sqlalchemy import select
 from detserve.errors import FlavorUnavailable
 from detserve.monitoring import counters as monitoring
 from detserve.monitoring import usage
-from detserve.service import deployments, idle, progress, versions
+from detserve.service import deployments, idle, progress, rollout, traffic, versions
 from detserve.service.status import ACTIVE, STOPPED
 from detserve.store import Service
 from detserve_api import context
@@ -47,7 +47,9 @@ class Services(MethodView):
     def post(self, args: dict[str, Any]) -> dict[str, Any]:
         """Deploy a Successful model version as a service (answers in Deploying)."""
         rt = context.runtime()
-        version = versions.get_version(rt, args["model"], args["version"])
+        split = rollout.resolve(rt, args["model"], args["versions"]) if args["versions"] else None
+        number = traffic.primary(split)["version"] if split else args["version"]
+        version = versions.get_version(rt, args["model"], number)
         if not context.flavor_available(args["flavor"]):
             raise FlavorUnavailable(
                 f"no {args['flavor']} worker is alive; start one (detserve worker --flavor "
@@ -56,7 +58,7 @@ class Services(MethodView):
         limit = args["traffic_limit"]
         service, key = deployments.create_service(rt, version, args["flavor"], args["name"],
                                                   args["auto_stop"],
-                                                  limit["qps"] if limit else None)
+                                                  limit["qps"] if limit else None, split)
         return {**_view(service.id), "key": key}
 
     @blp.response(200, ServiceListSchema)
@@ -79,7 +81,10 @@ class OneService(MethodView):
     @blp.arguments(PatchArgsSchema)
     @blp.response(200, ServiceSchema)
     def patch(self, args: dict[str, Any], service_id: str) -> dict[str, Any]:
-        """Change the auto stop (a Running service is re-armed from now) or the traffic limit."""
+        """Change the auto stop (a Running service is re-armed from now), the traffic limit or the
+        versions and their weights (a Running service switches once the new ones are loaded)."""
+        if "versions" in args:  # first: its checks read the database, and a bad one stores nothing
+            rollout.change(context.runtime(), service_id, args["versions"])
         if "traffic_limit" in args:
             limit = args["traffic_limit"]
             deployments.update_traffic_limit(context.runtime(), service_id,
@@ -168,6 +173,8 @@ class Logs(MethodView):
 class Usage(MethodView):
     @blp.response(200, UsageSchema)
     def get(self, service_id: str) -> dict[str, Any]:
-        """CPU, memory (and GPU) of the workers holding the service's model, last hour."""
+        """CPU, memory (and GPU) of the workers holding the service's model (any of its versions),
+        last hour."""
         service = deployments.get_service(context.runtime(), service_id)
-        return {"workers": usage.for_version(context.redis_client(), service.version_id)}
+        return {"workers": usage.for_version(context.redis_client(),
+                                             sorted(deployments.served_ids(service)))}

@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from detserve.service import traffic
 from detserve.tasknames import FLAVORS
 
 AUTO_STOP_PRESETS = (1, 2, 4, 6)
@@ -34,11 +35,36 @@ class TrafficLimitSchema(Schema):
                                  "come at once; beyond it, 429 rate_limited with Retry-After"})
 
 
+class VersionWeightSchema(Schema):
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(
+        1, 2**31 - 1, error="must be a version number of the model (1, 2, ...)"))
+    weight = fields.Integer(required=True, strict=True, validate=validate.Range(
+        0, traffic.TOTAL_WEIGHT, error="must be an integer from 0 to 100"), metadata={
+        "description": "% of the traffic; 0: served only when pinned (X-Model-Version)"})
+
+
+def _check_split(items: list[dict[str, Any]]) -> None:
+    problem = traffic.split_problem(items)
+    if problem:
+        raise ValidationError(problem)
+
+
+def versions_field(more: str = "", **extra: Any) -> fields.Field:
+    return fields.List(fields.Nested(VersionWeightSchema), validate=_check_split, metadata={
+        "description": f"1 to {traffic.MAX_VERSIONS} versions of the model with integer weights "
+                       "adding up to 100, e.g. [{\"version\": 3, \"weight\": 90}, {\"version\": 4, "
+                       "\"weight\": 10}]; each prediction goes to one of them by weight, or to "
+                       "the one its X-Model-Version header pins" + more}, **extra)
+
+
 class DeployArgsSchema(Schema):
     name = fields.String(load_default=None, validate=validate.Length(1, 128))
     model = fields.String(required=True, validate=validate.Length(1, 128))
     # versions are numbered 1, 2, ...; the bound keeps a huge number a 400, not a database error
-    version = fields.Integer(required=True, strict=True, validate=validate.Range(1, 2**31 - 1))
+    version = fields.Integer(load_default=None, strict=True, validate=validate.Range(1, 2**31 - 1),
+                             metadata={"description": "the version to serve; required unless "
+                                                      "`versions` is given"})
+    versions = versions_field(load_default=None)
     flavor = fields.String(required=True, validate=validate.OneOf(FLAVORS))
     compute_nodes = fields.Integer(
         strict=True, load_default=1,
@@ -48,16 +74,29 @@ class DeployArgsSchema(Schema):
     traffic_limit = fields.Nested(TrafficLimitSchema, load_default=None, allow_none=True,
                                   metadata={"description": "null or absent: no limit"})
 
+    @validates_schema(pass_original=True, skip_on_field_errors=False)  # named with the others
+    def _one_version(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        split, version = data.get("versions"), data.get("version")
+        sent_split = isinstance(original, dict) and original.get("versions") is not None
+        if split is None and version is None and not sent_split:
+            raise ValidationError("send version, or versions with their weights", "version")
+        numbers = [i.get("version") for i in split or () if isinstance(i, dict)]
+        if split and version is not None and None not in numbers and version not in numbers:
+            raise ValidationError(f"version {version} is not in versions; send one of them, "
+                                  "or versions alone", "version")
+
 
 class PatchArgsSchema(Schema):
     auto_stop = fields.Nested(AutoStopArgsSchema, metadata={"description": "absent: unchanged"})
     traffic_limit = fields.Nested(TrafficLimitSchema, allow_none=True, metadata={
         "description": "null: remove the limit; absent: unchanged"})
+    versions = versions_field(". Absent: unchanged. A Running service loads the new versions "
+                              "first and switches when they are ready (pending_versions)")
 
     @validates_schema
     def _something(self, data: dict[str, Any], **_: Any) -> None:
         if not data:
-            raise ValidationError("send auto_stop and/or traffic_limit", "_schema")
+            raise ValidationError("send auto_stop, traffic_limit and/or versions", "_schema")
 
 
 class AutoStopSchema(Schema):
@@ -101,6 +140,20 @@ class EngineSchema(Schema):
     contexts = fields.Integer(metadata={"description": "execution contexts that can run at once"})
 
 
+class ServedVersionSchema(Schema):
+    version = fields.Integer()
+    weight = fields.Integer(metadata={"description": "% of the traffic"})
+
+
+class PendingVersionsSchema(Schema):
+    versions = fields.List(fields.Nested(ServedVersionSchema))
+    state = fields.String(metadata={"description": "loading: the workers load them, the current "
+                                                   "versions serve meanwhile; failed: one did not "
+                                                   "load (error says why), the current ones serve on"})
+    error = fields.String(allow_none=True)
+    requested_at = fields.String()
+
+
 class ServiceSchema(Schema):
     id = fields.String()
     name = fields.String()
@@ -112,6 +165,11 @@ class ServiceSchema(Schema):
     auto_stop = fields.Nested(AutoStopSchema)
     traffic_limit = fields.Nested(TrafficLimitSchema, allow_none=True,
                                   metadata={"description": "null: no limit"})
+    versions = fields.List(fields.Nested(ServedVersionSchema), metadata={
+        "description": "the versions served and their weights; `version` is the one of the "
+                       "highest weight"})
+    pending_versions = fields.Nested(PendingVersionsSchema, allow_none=True, metadata={
+        "description": "a change of versions not serving yet; null: none"})
     created_at = fields.String()
     updated_at = fields.String()
     running_seconds = fields.Float()
@@ -150,11 +208,6 @@ class EventListSchema(Schema):
     events = fields.List(fields.Nested(EventSchema))
 
 
-class SeriesPointSchema(Schema):
-    minute = fields.String()
-    requests = fields.Integer()
-    failures = fields.Integer()
-    p50_ms = fields.Float(allow_none=True)
 
 
 class LatencySchema(Schema):
@@ -163,10 +216,27 @@ class LatencySchema(Schema):
     p99 = fields.Float(allow_none=True)
 
 
+class VersionCountSchema(Schema):
+    version = fields.Integer()
+    requests = fields.Integer()
+    failures = fields.Integer()
+
+
+class SeriesPointSchema(Schema):
+    minute = fields.String()
+    requests = fields.Integer()
+    failures = fields.Integer()
+    p50_ms = fields.Float(allow_none=True)
+    versions = fields.List(fields.Nested(VersionCountSchema), metadata={
+        "description": "the minute's requests and failures by the version that answered"})
+
+
 class MonitoringSchema(Schema):
     requests = fields.Integer()
     failures = fields.Integer()
     latency_ms = fields.Nested(LatencySchema)
+    versions = fields.List(fields.Nested(VersionCountSchema), metadata={
+        "description": "the last hour's requests and failures by the version that answered"})
     series = fields.List(fields.Nested(SeriesPointSchema))
 
 

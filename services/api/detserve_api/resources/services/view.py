@@ -8,7 +8,7 @@ from typing import Any
 from flask import request
 
 from detserve.config import Settings
-from detserve.service import idle, progress
+from detserve.service import idle, progress, traffic
 from detserve.service.status import RUNNING
 from detserve.store import Service, utcnow
 from detserve_api import context
@@ -45,12 +45,26 @@ def service_view(service: Service, settings: Settings,
         "stopping_soon": near["stopping_soon"],
         "traffic_limit": None if service.traffic_limit_qps is None
         else {"qps": service.traffic_limit_qps},
+        "versions": _weights(traffic.served(service.traffic, service.version_id, service.version)),
+        "pending_versions": _pending(service.pending_traffic),
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
         "predict_url": f"{request.url_root}v1/services/{service.id}/predict",
         **progress.view(deploy, service.status),
     }
+
+
+def _weights(entries: list[traffic.Entry]) -> list[dict[str, int]]:
+    return [{"version": e["version"], "weight": e["weight"]} for e in entries]
+
+
+def _pending(pending: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not pending:
+        return None
+    return {"versions": _weights(traffic.served(pending["versions"], 0, 0)),
+            "state": pending.get("state"), "error": pending.get("error"),
+            "requested_at": str(pending.get("requested_at", "")).replace("+00:00", "Z")}
 
 
 def _last_prediction(service: Service) -> float | None:
