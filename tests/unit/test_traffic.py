@@ -64,7 +64,9 @@ def test_a_pin_chooses_its_version_whatever_its_weight():
                                           ("v3", "is not a version number"),
                                           ("3.0", "is not a version number"),
                                           ("-3", "is not a version number"),
-                                          ("٣", "is not a version number")])
+                                          ("٣", "is not a version number"),
+                                          # past Python's int() digit limit: still a 400
+                                          ("9" * 5000, "is not a version number")])
 def test_a_pin_of_a_version_not_served_is_a_400_naming_those_served(pin, problem):
     with pytest.raises(ValidationFailed) as caught:
         traffic.choose(SPLIT, pin)

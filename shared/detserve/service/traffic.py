@@ -89,7 +89,7 @@ def choose(entries: Sequence[Entry], pinned: str | None = None,
 def _pinned(entries: Sequence[Entry], pinned: str) -> Entry:
     numbers = ", ".join(str(e["version"]) for e in entries)
     accepted = f"one of the versions this service serves: {numbers}"
-    if pinned.isascii() and pinned.isdigit():
+    if pinned.isascii() and pinned.isdigit() and len(pinned) <= 10:  # int() refuses huge ones
         for entry in entries:
             if entry["version"] == int(pinned):
                 return entry
