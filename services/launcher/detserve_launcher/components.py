@@ -24,10 +24,11 @@ class Launch:
 
 def api(settings: Settings, *, host: str, port: int, workers: int = 2, threads: int = 16) -> Launch:
     """The REST API under gunicorn."""
-    # gunicorn's worker heartbeat touches a file on every loop; on a disk that costs
-    # milliseconds of the request path, in memory nothing (gunicorn's own advice)
+    # gunicorn's worker heartbeat touches a file on every loop; on a disk that write can stall
+    # the request path, in memory it cannot (gunicorn's own advice)
     tmp = ["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []
-    # an access line per prediction costs the request path a quarter of a millisecond
+    # an access line is written on the request path, for every prediction, and monitoring
+    # already counts each request
     access = ["--access-logfile", "-"] if settings.access_log else []
     return Launch([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers",
                    str(workers), "--worker-class", "gthread", "--threads", str(threads),

@@ -1,9 +1,9 @@
 """Uploaded images wait in Redis under a short-lived key while their task is queued
 (the async prediction route stores them).
 
-The task message then carries only the key: a 600 KB photo inside a Celery message is base64- and
-JSON-encoded by kombu's Redis transport on both sides (about 15 ms on our machines), while raw
-SET/GETDEL of the same bytes costs well under a millisecond each.
+The task message then carries only the key: kombu's Redis transport base64- and JSON-encodes a
+message body on both sides, work that grows with the photo, while a raw SET/GETDEL moves the same
+bytes as they are.
 """
 
 from __future__ import annotations
