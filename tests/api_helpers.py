@@ -73,3 +73,15 @@ def running_service(client: FlaskClient, model: str, data: bytes, **extra: Any) 
     assert created.status_code == 202, created.json
     wait_status(client, created.json["id"], "Running")
     return created.json  # type: ignore[no-any-return]
+
+
+def task_outcome(client: FlaskClient, task_id: str, timeout: float = 30) -> dict[str, Any]:
+    """GET /v1/predictions/{task_id} until the task has ended (SUCCESS or FAILURE); its body."""
+    seen: dict[str, Any] = {}
+
+    def ended() -> bool:
+        seen.update(client.get(f"/v1/predictions/{task_id}", headers=AUTH).json)
+        return seen["status"] in ("SUCCESS", "FAILURE")
+
+    wait_for(ended, timeout, 0.1, what=lambda: f"task {task_id} to end (last: {seen})")
+    return seen

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from api_helpers import AUTH, post_multipart, running_service
-from support import constant_model, image_bytes, wait_for, yolo_v8_output
+from api_helpers import AUTH, post_multipart, running_service, task_outcome
+from support import constant_model, image_bytes, yolo_v8_output
 
 LABELS = ["cat", "dog", "bird"]
 # a 64x64 model with known outputs (centre x, centre y, w, h in input pixels); a 128x64 image
@@ -34,13 +34,7 @@ def ask(client, service, route, form=None, query=""):
     resp = post_multipart(client, f"/v1/services/{service['id']}/{route}{query}", fields, AUTH)
     if route == "predict" or resp.status_code != 202:
         return resp.status_code, resp.json
-    url, seen = f"/v1/predictions/{resp.json['task_id']}", {}
-
-    def finished():
-        seen.update(client.get(url, headers=AUTH).json)
-        return seen["status"] in ("SUCCESS", "FAILURE")
-
-    wait_for(finished, 30, 0.05, what="the task's result")
+    seen = task_outcome(client, resp.json["task_id"])
     assert seen["status"] == "SUCCESS", seen
     return 200, seen["result"]
 

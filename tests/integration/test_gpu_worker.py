@@ -14,7 +14,7 @@ import pytest
 import redis
 
 import fakes
-from api_helpers import AUTH, predict, upload, wait_status
+from api_helpers import AUTH, predict, task_outcome, upload, wait_status
 from detserve.monitoring import heartbeats
 from support import (
     ROOT,
@@ -101,9 +101,7 @@ def test_deploy_and_concurrent_predictions_on_the_gpu_flavor(client, settings, f
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)] * 4
     tasks = [predict(client, sid, image_bytes(64, 64, color=c), route="predictions").json["task_id"]
              for c in colours]
-    results = [wait_for(lambda t=t: (r := client.get(f"/v1/predictions/{t}", headers=AUTH).json)
-                        ["status"] in ("SUCCESS", "FAILURE") and r, 30, what="gpu result")
-               for t in tasks]
+    results = [task_outcome(client, t) for t in tasks]
     # then each task gets its own image's answer
     for colour, body in zip(colours, results, strict=True):
         assert body["status"] == "SUCCESS", body

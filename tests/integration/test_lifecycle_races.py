@@ -23,7 +23,7 @@ import pytest
 import redis
 from onnx import TensorProto, helper, numpy_helper
 
-from api_helpers import AUTH, deploy, post_multipart, upload, wait_status
+from api_helpers import AUTH, deploy, post_multipart, task_outcome, upload, wait_status
 from conftest import Stack, make_settings
 from detserve.backends.onnxruntime import OnnxRuntimeBackend
 from detserve.config import Settings
@@ -325,13 +325,7 @@ def test_an_async_prediction_lost_with_its_worker_is_redelivered_with_its_image(
     _restart_worker_after_kill(repairs_stack, lambda: client.get(
         f"/v1/predictions/{task_id}", headers=AUTH).json["status"] == "STARTED")
     # then it ends, with the answer it would have had: it never stays STARTED
-    seen: dict[str, Any] = {}
-
-    def ended() -> bool:
-        seen.update(client.get(f"/v1/predictions/{task_id}", headers=AUTH).json)
-        return seen["status"] in ("SUCCESS", "FAILURE")
-
-    wait_for(ended, 90, 0.2, what=lambda: f"task {task_id} to end (last: {seen})")
+    seen = task_outcome(client, task_id, 90)
     assert seen["status"] == "SUCCESS", seen
     calm_result = {k: v for k, v in calm.json.items() if k != "inference_ms"}
     # an async result also names the version that answered (the sync one, in its header)
@@ -369,13 +363,7 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
         "task": "worker.predict", "args": [version_id, f"detserve:image:{task_id}"],
         "queue": "cpu", "worker": "cpu@lost-redis/0", "since": time.time() - 60}))
     # then the sweep sends it again and it is answered
-    seen: dict[str, Any] = {}
-
-    def ended() -> bool:
-        seen.update(client.get(f"/v1/predictions/{task_id}", headers=AUTH).json)
-        return seen["status"] in ("SUCCESS", "FAILURE")
-
-    wait_for(ended, 30, 0.2, what=lambda: f"the lost task to be sent again (last: {seen})")
+    seen = task_outcome(client, task_id)
     assert seen["status"] == "SUCCESS", seen
     assert seen["result"]["detection_boxes"] == calm.json["detection_boxes"]
     heartbeats.forget(r, "cpu", "cpu@lost-redis/0")
@@ -383,7 +371,6 @@ def test_an_async_prediction_whose_message_vanished_is_sent_again(repairs_stack)
     task_id = str(uuid.uuid4())
     _accepted_a_minute_ago(r, f"detserve:image:{task_id}")
     r.set(f"detserve:task:{task_id}", sid, ex=3600)
-    seen.clear()
-    wait_for(ended, 30, 0.2, what=lambda: f"the lost task to end (last: {seen})")
+    seen = task_outcome(client, task_id)
     assert seen["status"] == "FAILURE" and "lost in transit" in seen["error"], seen
     client.post(f"/v1/services/{sid}/stop", headers=AUTH)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from api_helpers import AUTH, post_multipart, running_service
+from api_helpers import AUTH, post_multipart, running_service, task_outcome
 from conftest import Stack
 from detserve.config import Settings
 from detserve.service.demo import build_blob_detector
@@ -41,14 +41,7 @@ def _async_answer(client: Any, sid: str, timeout: float = 30) -> dict[str, Any]:
     submitted = post_multipart(client, f"/v1/services/{sid}/predictions",
                                {"images": (io.BytesIO(IMAGE), "a.png")}, AUTH)
     assert submitted.status_code == 202, submitted.json
-    seen: dict[str, Any] = {}
-
-    def done() -> bool:
-        seen.update(client.get(f"/v1/predictions/{submitted.json['task_id']}", headers=AUTH).json)
-        return seen["status"] in ("SUCCESS", "FAILURE")
-
-    wait_for(done, timeout, 0.2, what=lambda: f"the async prediction (last: {seen})")
-    return seen
+    return task_outcome(client, submitted.json["task_id"], timeout)
 
 
 def _restart(server: PrivateRedis) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 import requests
 
-from api_helpers import AUTH, deploy, get_service, post_multipart, upload, wait_status
+from api_helpers import AUTH, deploy, get_service, post_multipart, task_outcome, upload, wait_status
 from detserve.service import traffic
 from support import constant_model, failing_model, image_bytes, wait_for, yolo_v8_output
 
@@ -100,13 +100,7 @@ def test_a_pinned_version_answers_every_request(client, split, version):
 def test_an_async_result_names_its_version(client, split):
     resp = ask(client, split["id"], {PIN: "2"}, route="predictions")
     assert resp.status_code == 202 and resp.headers[PIN] == "2"
-    url, seen = f"/v1/predictions/{resp.json['task_id']}", {}
-
-    def finished():
-        seen.update(client.get(url, headers=AUTH).json)
-        return seen["status"] in ("SUCCESS", "FAILURE")
-
-    wait_for(finished, 30, 0.05, what="the task's result")
+    seen = task_outcome(client, resp.json["task_id"])
     assert seen["status"] == "SUCCESS", seen
     assert seen["result"]["version"] == 2 and seen["result"]["detection_classes"] == ["two"]
 
