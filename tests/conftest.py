@@ -59,12 +59,26 @@ def claim_redis_db(redis_base: str) -> int:
     raise RuntimeError("all 15 Redis databases are claimed by other test runs")
 
 
-def release_redis_dbs(redis_base: str) -> None:
+def release_redis_dbs(redis_base: str, only: int | None = None) -> None:
+    """Give back this run's claims (`only`: that database's)."""
     claims = redis.Redis.from_url(f"{redis_base}/0")
-    for db in range(1, 16):
+    for db in range(1, 16) if only is None else (only,):
         key = f"detserve:test-db:{db}"
         if claims.get(key) == _OWNER.encode():
             claims.delete(key)
+
+
+_scratch: dict[str, int] = {}
+
+
+def scratch_redis_url(redis_base: str) -> str:
+    """The one database this run keeps for tests that need Redis only while they run, emptied
+    for each: a claim per test would use up Redis's 15 spare databases."""
+    if redis_base not in _scratch:
+        _scratch[redis_base] = claim_redis_db(redis_base)
+    url = f"{redis_base}/{_scratch[redis_base]}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -73,10 +87,15 @@ def _release_claims(redis_base: str) -> Iterator[None]:
     release_redis_dbs(redis_base)
 
 
-def make_settings(tmp: Path, redis_base: str, **overrides: Any) -> Settings:
-    """Settings for one isolated stack: its own data dir, SQLite file and Redis database."""
-    url = f"{redis_base}/{claim_redis_db(redis_base)}"
-    redis.Redis.from_url(url).flushdb()
+def make_settings(tmp: Path, redis_base: str, scratch: bool = False,
+                  **overrides: Any) -> Settings:
+    """Settings for one isolated stack: its own data dir, SQLite file and Redis database (with
+    `scratch`, for one test's use: the run's scratch database, emptied)."""
+    if scratch:
+        url = scratch_redis_url(redis_base)
+    else:
+        url = f"{redis_base}/{claim_redis_db(redis_base)}"
+        redis.Redis.from_url(url).flushdb()
     base = Settings(data_dir=tmp, redis_url=url, admin_token=ADMIN, heartbeat_seconds=1.0,
                     sweep_seconds=1.0, predict_timeout=20.0, worker_concurrency=1,
                     shm_dir=str(tmp / "shm"))  # API and worker share it, as under `detserve up`
@@ -117,6 +136,8 @@ class Stack:
         for proc in self.procs.values():
             proc.stop()
         self.store.dispose()
+        base, _, db = self.settings.redis_url.rpartition("/")
+        release_redis_dbs(base, int(db))  # the next stack may take it
 
 
 @pytest.fixture(scope="session")

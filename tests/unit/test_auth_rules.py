@@ -84,7 +84,7 @@ def api(tmp_path, redis_base, store):
     from conftest import as_config, make_settings
     from detserve_api import create_app
 
-    settings = make_settings(tmp_path, redis_base, admin_token=ADMIN)
+    settings = make_settings(tmp_path, redis_base, scratch=True, admin_token=ADMIN)
     app = create_app(as_config(settings), store=store)
     return app, app.test_client()
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from conftest import claim_redis_db
+from conftest import scratch_redis_url
 from detserve.processing.headers import (
     INDEX,
     KEEP_SECONDS,
@@ -21,7 +21,7 @@ from detserve.processing.headers import (
 
 
 def test_an_image_is_read_and_kept_and_a_missing_one_says_send_it_again(redis_base):
-    client = redis.Redis.from_url(f"{redis_base}/{claim_redis_db(redis_base)}")
+    client = redis.Redis.from_url(scratch_redis_url(redis_base))
     client.set("detserve:test:image", b"\xff\xd8\xff bytes", ex=KEEP_SECONDS)
     assert read(client, "detserve:test:image") == b"\xff\xd8\xff bytes"
     assert read(client, "detserve:test:image") == b"\xff\xd8\xff bytes"  # a redelivery's read
@@ -32,7 +32,7 @@ def test_an_image_is_read_and_kept_and_a_missing_one_says_send_it_again(redis_ba
 
 
 def test_kept_images_are_indexed_by_age_until_their_task_ends_or_they_expire(redis_base):
-    client = redis.Redis.from_url(f"{redis_base}/{claim_redis_db(redis_base)}")
+    client = redis.Redis.from_url(scratch_redis_url(redis_base))
     client.delete(INDEX)
     now = time.time()
     keep(client, "detserve:test:old", b"a", now=now - 60)

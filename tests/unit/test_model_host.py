@@ -20,7 +20,7 @@ META = {"names": "{0: 'a'}", "imgsz": "[64, 64]"}
 
 
 def test_the_least_recently_used_model_is_dropped_and_loads_again(tmp_path, redis_base):
-    settings = dataclasses.replace(make_settings(tmp_path, redis_base), model_cache_size=2)
+    settings = dataclasses.replace(make_settings(tmp_path, redis_base, scratch=True), model_cache_size=2)
     store = Store(settings.database_url)
     store.migrate()
     rt = Runtime(store, ArtifactStore(settings.artifacts_dir), CeleryBus(make_celery(settings)))

@@ -10,7 +10,7 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
-from conftest import claim_redis_db
+from conftest import scratch_redis_url
 from detserve.errors import ValidationFailed
 from detserve.monitoring import usage
 from detserve.service import idle
@@ -85,7 +85,7 @@ def test_usage_series_is_cpu_percent_and_skips_a_restart():
 
 
 def test_usage_metrics_through_prometheus_client(redis_base):
-    client = redis.Redis.from_url(f"{redis_base}/{claim_redis_db(redis_base)}")
+    client = redis.Redis.from_url(scratch_redis_url(redis_base))
     client.flushdb()
     figures = {"worker": "w1", "flavor": "cpu", "at": time.time(), "cpu_seconds": 2.5,
                "rss_bytes": 1000, "models": {"7": {"bytes": 300, "device_bytes": 0}}, "gpu": None}
