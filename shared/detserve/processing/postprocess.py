@@ -75,30 +75,61 @@ def _wanted(scores: np.ndarray, ids: np.ndarray, limits: np.ndarray | None, base
     return mask
 
 
+# Candidates compared at a time: each block's pairwise matrices stay small (64 KB of float32),
+# which keeps them in cache and out of the allocator's large-block path; a request that lets
+# thousands of anchors through pays in time, block by block, never in memory.
+NMS_BLOCK = 128
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
     """Class-aware greedy NMS; returns kept indices, highest score first.
 
     Boxes of different classes are shifted apart (by more than all the boxes span, negative
-    coordinates included) so that one pass never suppresses across classes; each step is
-    vectorised over all remaining boxes.
+    coordinates included) so that no box ever suppresses one of another class. The boxes are
+    taken in score order, a block at a time: a block first loses the boxes that one kept before
+    it overlaps, then all its pairwise overlaps are decided in one vectorised pass, and the greedy
+    walk over them costs a few small operations per box kept.
     """
-    if len(boxes) == 0:
+    n = len(boxes)
+    if n == 0:
         return np.zeros(0, dtype=np.int64)
-    offset = classes.astype(np.float32)[:, None] * (float(boxes.max() - boxes.min()) + 1.0)
-    # one contiguous row per coordinate: each step gathers from four 1-D arrays
-    x1, y1, x2, y2 = np.ascontiguousarray((boxes + offset).T)
-    # np.maximum(x, 0), not x.clip(0): the same values, at a fraction of clip's fixed cost
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        inter = (np.maximum(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0)
-                 * np.maximum(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0))
-        # IoU <= iou without the division (and kept, as before, where both boxes are empty)
-        order = rest[inter <= iou * (areas[i] + areas[rest] - inter)]
-    return np.asarray(keep, dtype=np.int64)
+    offset = classes.astype(np.float32)[:, None] * (float(boxes.max() - boxes.min()) + 1.0)
+    # one contiguous row per coordinate, in score order
+    x1, y1, x2, y2 = np.ascontiguousarray((boxes + offset)[order].T)
+    coords = (x1, y1, x2, y2, np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0))
+    position = np.arange(n)
+    kept: list[int] = []  # positions in score order
+    for start in range(0, n, NMS_BLOCK):
+        block: slice | np.ndarray = slice(start, start + NMS_BLOCK)
+        if kept:
+            block = position[block][_apart(coords, np.asarray(kept), block, iou).all(axis=0)]
+        apart, ids = _apart(coords, block, block, iou), position[block]
+        rest = position[: len(ids)]
+        while rest.size:
+            i, rest = rest[0], rest[1:]
+            kept.append(ids[i])
+            rest = rest[apart[i, rest]]
+    return order[kept]
+
+
+def _apart(coords: tuple[np.ndarray, ...], rows: slice | np.ndarray, cols: slice | np.ndarray,
+           iou: float) -> np.ndarray:
+    """[rows, cols]: whether each pair of boxes overlaps by no more than `iou`, decided as
+    inter <= iou * union in the boxes' precision (so, as before, kept where both are empty)."""
+    x1, y1, x2, y2, areas = coords
+    # in place on two matrices: each temporary of this size would be a fresh allocation
+    w = np.minimum(x2[rows, None], x2[cols])
+    w -= np.maximum(x1[rows, None], x1[cols])
+    np.maximum(w, 0, out=w)
+    h = np.minimum(y2[rows, None], y2[cols])
+    h -= np.maximum(y1[rows, None], y1[cols])
+    np.maximum(h, 0, out=h)
+    w *= h  # the intersection
+    np.add(areas[rows, None], areas[cols], out=h)
+    h -= w
+    h *= iou
+    return w <= h
 
 
 def to_image(
