@@ -7,13 +7,14 @@ Every decoder returns boxes as x1, y1, x2, y2 in model-input pixels, with scores
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from detserve.processing import decoders
 from detserve.processing.decoders import Decoded, Shape
-from detserve.processing.options import AnswerOptions
+from detserve.processing.options import PLAIN, AnswerOptions
 from detserve.processing.preprocess import Geometry
 
 
@@ -35,31 +36,54 @@ def match_outputs(outputs: Sequence[tuple[str, Shape]], decoder: str, num_classe
     return spec
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """A version's output spec read once, when its model loads: the decoder and the version's
+    own thresholds and cap (each request's options may override them)."""
+
+    spec: dict[str, Any]
+    head: decoders.Decoder
+    class_offset: int
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Decoding:
+        """Raises ValueError when the spec's decoder is not installed (see decoders.get)."""
+        # a version stored before the registry has no decoder name, only its layout
+        name = spec.get("decoder") or ("boxes" if spec.get("layout") in ("tfod", "e2e") else "yolo")
+        return cls(spec, decoders.get(name), int(spec.get("class_offset", 0)),
+                   float(spec.get("score_threshold", 0.25)), float(spec.get("iou_threshold", 0.45)),
+                   int(spec.get("max_detections", 100)))
+
+    def __call__(self, raw: Sequence[np.ndarray], input_hw: tuple[int, int],
+                 options: AnswerOptions | None = None, labels: Sequence[str] = ()) -> Decoded:
+        """One image's raw outputs decoded with the request's options over the version's
+        settings: thresholds before NMS, the cap after."""
+        options = options or PLAIN
+        offset = self.class_offset
+        base = self.score_threshold if options.score_threshold is None else options.score_threshold
+        limits = options.thresholds(labels, base) if options.class_thresholds else None  # by label
+        floor = min(base, float(limits.min())) if limits is not None and len(limits) else base
+        boxes, scores, classes = self.head.decode(raw, self.spec, input_hw, floor)
+        if limits is not None or options.classes is not None:
+            keep = _wanted(scores, classes + offset, limits, base, options.class_ids(labels))
+            boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        if self.head.nms:
+            iou = self.iou_threshold if options.iou_threshold is None else options.iou_threshold
+            idx = nms(boxes, scores, classes, float(iou))
+        else:
+            idx = np.argsort(-scores, kind="stable")
+        idx = idx[: options.max_detections or self.max_detections]
+        return boxes[idx], scores[idx], classes[idx] + offset if offset else classes[idx]
+
+
 def decode(raw: Sequence[np.ndarray], spec: dict[str, Any], input_hw: tuple[int, int],
            options: AnswerOptions | None = None, labels: Sequence[str] = ()) -> Decoded:
     """Run the decoder named in the version's output spec on one image's raw outputs, with the
-    request's options over the version's settings: thresholds before NMS, the cap after."""
-    options = options or AnswerOptions()
-    offset = int(spec.get("class_offset", 0))
-    base = float(spec.get("score_threshold", 0.25)) if options.score_threshold is None \
-        else options.score_threshold
-    limits = options.thresholds(labels, base) if options.class_thresholds else None  # by label
-    floor = min(base, float(limits.min())) if limits is not None and len(limits) else base
-    # a version stored before the registry has no decoder name, only its layout
-    head = decoders.get(spec.get("decoder") or ("boxes" if spec.get("layout") in ("tfod", "e2e")
-                                                else "yolo"))
-    boxes, scores, classes = head.decode(raw, spec, input_hw, floor)
-    if limits is not None or options.classes is not None:
-        keep = _wanted(scores, classes + offset, limits, base, options.class_ids(labels))
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    if head.nms:
-        iou = spec.get("iou_threshold", 0.45) if options.iou_threshold is None \
-            else options.iou_threshold
-        idx = nms(boxes, scores, classes, float(iou))
-    else:
-        idx = np.argsort(-scores, kind="stable")
-    idx = idx[: options.max_detections or int(spec.get("max_detections", 100))]
-    return boxes[idx], scores[idx], classes[idx] + offset if offset else classes[idx]
+    request's options over the version's settings (a loaded model keeps its `Decoding`)."""
+    return Decoding.from_spec(spec)(raw, input_hw, options, labels)
 
 
 def _wanted(scores: np.ndarray, ids: np.ndarray, limits: np.ndarray | None, base: float,
@@ -138,10 +162,10 @@ def to_image(
     """Input-pixel x1,y1,x2,y2 to original-image [y_min, x_min, y_max, x_max], clipped."""
     if len(boxes) == 0:
         return np.zeros((0, 4), dtype=np.float32)
-    # one multiply-add and two clamps on the reordered boxes (np.maximum/np.minimum: clip's fixed
-    # cost is several times theirs on arrays this small)
+    # one multiply-add and two clamps on the reordered boxes, in place (np.maximum/np.minimum:
+    # clip's fixed cost is several times theirs on arrays this small)
     gain_y, gain_x = scale / geometry.gain_y, scale / geometry.gain_x
-    factor = np.asarray([gain_y, gain_x, gain_y, gain_x])
-    shift = np.asarray([geometry.pad_y * gain_y, geometry.pad_x * gain_x] * 2)
-    yx = boxes[:, [1, 0, 3, 2]] * factor - shift
-    return np.minimum(np.maximum(yx, 0), np.asarray([height, width, height, width]))
+    yx = boxes.take([1, 0, 3, 2], axis=1) * np.asarray([gain_y, gain_x, gain_y, gain_x])
+    yx -= np.asarray([geometry.pad_y * gain_y, geometry.pad_x * gain_x] * 2)
+    np.maximum(yx, 0, out=yx)
+    return np.minimum(yx, np.asarray([height, width, height, width]), out=yx)
