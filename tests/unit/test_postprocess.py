@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detserve.processing.postprocess import decode, match_outputs, nms, to_image
+from detserve.processing.postprocess import NMS_BLOCK, decode, match_outputs, nms, to_image
 from detserve.processing.preprocess import Geometry, resize
 
 
@@ -60,6 +60,32 @@ def test_nms_never_suppresses_across_classes_even_for_boxes_around_the_origin():
     for iou in (0.0, 0.1, 0.45):
         keep = nms(boxes, np.asarray([0.9, 0.8, 0.7], dtype=np.float32), classes, iou)
         assert sorted(keep.tolist()) == [0, 1, 2], iou
+
+
+def test_nms_over_several_blocks_keeps_what_one_greedy_walk_keeps():
+    # given more candidates than one block, on integer boxes with an IoU threshold of 1/2, where
+    # float32 and exact integer arithmetic decide every pair alike
+    rng = np.random.default_rng(0)
+    n = 3 * NMS_BLOCK + 17
+    xy = rng.integers(0, 300, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(1, 60, (n, 2))], axis=1)
+    scores = rng.permutation(n) / n  # distinct: one order
+    classes = rng.integers(0, 3, n)
+
+    def overlaps(a: int, b: int) -> bool:  # IoU > 1/2, in integers
+        (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = boxes[a].tolist(), boxes[b].tolist()
+        inter = max(0, min(ax2, bx2) - max(ax1, bx1)) * max(0, min(ay2, by2) - max(ay1, by1))
+        union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+        return 2 * inter > union
+
+    # when
+    kept = nms(boxes.astype(np.float32), scores.astype(np.float32), classes, 0.5).tolist()
+    # then: the plain greedy walk, best score first, each class on its own
+    walk: list[int] = []
+    for j in np.argsort(-scores).tolist():
+        if not any(classes[k] == classes[j] and overlaps(k, j) for k in walk):
+            walk.append(j)
+    assert kept == walk and len(walk) > NMS_BLOCK
 
 
 def v5(rows: list[list[float]]) -> np.ndarray:

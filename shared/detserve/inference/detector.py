@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from detserve.backends.base import Backend
 from detserve.errors import DetserveError, ModelLoadError, engine_words
 from detserve.processing import image, postprocess, preprocess
-from detserve.processing.options import AnswerOptions, format_boxes
+from detserve.processing.options import PLAIN, AnswerOptions, format_boxes
 
 
 @dataclass(frozen=True)
@@ -85,21 +86,28 @@ class Detector:
         raw = self.backend.infer(np.concatenate([p.tensor for p in prepared]))
         return [[out[i : i + 1] for out in raw] for i in range(len(prepared))]
 
+    @cached_property
+    def decoding(self) -> postprocess.Decoding:
+        """The output spec read once; on first use, so that a decoder missing from this process
+        fails each request (ValueError), as it always has, not the load."""
+        return postprocess.Decoding.from_spec(self.output)
+
     def finish(self, raw: Sequence[np.ndarray], prepared: Prepared,
                options: AnswerOptions | None = None) -> Detections:
         """Decode one image's raw outputs into boxes on the original image, as the request's
         options ask."""
-        decoded, options = prepared.decoded, options or AnswerOptions()
-        boxes, scores, classes = postprocess.decode(raw, self.output, self.size, options,
-                                                    self.labels)
+        decoded, options = prepared.decoded, options or PLAIN
+        boxes, scores, classes = self.decoding(raw, self.size, options, self.labels)
         rescaled = postprocess.to_image(boxes, prepared.geometry, decoded.scale, decoded.width,
                                         decoded.height)
-        shaped = format_boxes(rescaled.astype(np.float64), options.box_format, decoded.width,
-                              decoded.height)
+        shaped = format_boxes(rescaled.astype(np.float64, copy=False), options.box_format,
+                              decoded.width, decoded.height)
+        labels, known = self.labels, len(self.labels)
+        ids = classes.astype(np.int64, copy=False).tolist()
         return Detections(
-            classes=[self._label(int(c)) for c in classes],
-            boxes=np.round(shaped, 6 if options.box_format.endswith("_norm") else 2).tolist(),
-            scores=np.round(scores.astype(np.float64), 5).tolist(),
+            classes=[labels[c] if 0 <= c < known else str(c) for c in ids],
+            boxes=shaped.round(6 if options.box_format.endswith("_norm") else 2).tolist(),
+            scores=scores.astype(np.float64).round(5).tolist(),
         )
 
     def warm_up(self) -> None:
@@ -118,6 +126,3 @@ class Detector:
             raise ModelLoadError(f"the model failed a test inference on a blank {w}x{h} image: "
                                  f"{engine_words(exc)}; check its input size and layout (config "
                                  "input.size, input.layout) and upload it as a new version") from exc
-
-    def _label(self, index: int) -> str:
-        return self.labels[index] if 0 <= index < len(self.labels) else str(index)

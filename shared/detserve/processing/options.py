@@ -85,6 +85,10 @@ class AnswerOptions:
         return np.asarray([i for i, label in enumerate(labels) if label in wanted], dtype=np.int64)
 
 
+
+# the options of a request that asks for nothing: one shared instance, never changed
+PLAIN = AnswerOptions()
+
 def parse(values: Mapping[str, str]) -> AnswerOptions:
     """The options among form fields / query parameters (other names are ignored).
 
