@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 
 import pytest
+import redis
 
 from api_helpers import AUTH, deploy, get_service, predict, upload, wait_status
 from conftest import Stack, make_settings
@@ -136,21 +137,28 @@ def test_duplicated_countdown_delivery_stops_once(fast):
 
 
 def test_sweep_catches_a_lost_countdown(fast):
-    # given a service whose countdown is lost (the scheduler dies holding it)
+    # given a service whose countdown is lost: sent while the scheduler is down, then flushed
+    # from its queue (with the countdown still queued, the restarted scheduler would run it and
+    # the sweep would never be needed)
     client = fast.app.test_client()
     fast.procs["scheduler"].kill()
     try:
         svc = deploy_running(client, auto_stop={"enabled": True, "hours": 1})
+        broker = redis.Redis.from_url(fast.settings.redis_url)
+        queued = [k for k in broker.scan_iter(match="scheduler*") if broker.type(k) == b"list"]
+        assert queued and broker.delete(*queued) >= 1  # the countdown was there, and is gone
         stop_at = ts(svc["auto_stop"]["stop_at"])
         time.sleep(max(0.0, stop_at - time.time()) + 1.0)
         assert client.get(f"/v1/services/{svc['id']}", headers=AUTH).json["status"] == "Running"
     finally:
         # when the scheduler comes back
         fast.restart("scheduler")
-    # then the sweep stops it, once the scheduler is back (a bound, not a timing)
+    # then the sweep stops it, once the scheduler is back (a bound, not a timing), and says so
     wait_status(client, svc["id"], "Stopped", timeout=SWEEP + LATE)
     last = events(client, svc["id"])[-1]
     assert last["reason"] == "auto_stop" and ts(last["at"]) > stop_at + 1.0  # seen Running then
+    wait_for(lambda: f"sweep auto stopped {svc['id']}" in fast.procs["scheduler"].tail(20000), 10,
+             what="the scheduler's log line naming the service the sweep stopped")
 
 
 def test_start_and_stop_are_idempotent(fast):
