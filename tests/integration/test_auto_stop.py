@@ -246,7 +246,15 @@ def test_old_countdown_voided_by_its_token_after_a_scheduler_restart(fast, how):
     now = get_service(client, svc["id"])
     assert now["status"] == "Running" and now["auto_stop"]["stop_at"] == rearmed["auto_stop"]["stop_at"]
     assert "auto_stop" not in [e["reason"] for e in events(client, svc["id"])]
-    client.post(f"/v1/services/{svc['id']}/stop", headers=AUTH)
+    # and the countdown of the current arming, delivered now, stops it before its stop_at: the
+    # countdown task did it, not the sweep (which waits for stop_at)
+    latest = client.patch(f"/v1/services/{svc['id']}", json={"auto_stop": {"enabled": True, "hours": 24}},
+                          headers=AUTH).json
+    fast.app.extensions["celery"].send_task(names.STOP, args=[svc["id"], stop_token(fast, svc["id"])],
+                                            queue="scheduler")
+    wait_status(client, svc["id"], "Stopped", timeout=30)
+    last = events(client, svc["id"])[-1]
+    assert last["reason"] == "auto_stop" and ts(last["at"]) < ts(latest["auto_stop"]["stop_at"])
 
 
 @pytest.mark.parametrize("how", ["stop-start", "patch", "stop"])
