@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 
@@ -242,6 +243,10 @@ def test_old_countdown_voided_by_its_token_after_a_scheduler_restart(fast, how):
     fast.app.extensions["celery"].send_task(names.STOP, args=[svc["id"], old], task_id=old,
                                             queue="scheduler")
     wait_for(lambda: scheduler_ran_stop_tasks(fast) >= 1, 60, 0.5, what="the redelivered countdown to run")
+    # (a countdown's run stores no result, one key per arming in the backend: at most the
+    # REVOKED mark of its revoke is there)
+    meta = redis.Redis.from_url(fast.settings.redis_url).get(f"celery-task-meta-{old}")
+    assert meta is None or json.loads(meta)["status"] == "REVOKED", meta
     # then the service runs on, on its new arming
     now = get_service(client, svc["id"])
     assert now["status"] == "Running" and now["auto_stop"]["stop_at"] == rearmed["auto_stop"]["stop_at"]
@@ -255,6 +260,8 @@ def test_old_countdown_voided_by_its_token_after_a_scheduler_restart(fast, how):
     wait_status(client, svc["id"], "Stopped", timeout=30)
     last = events(client, svc["id"])[-1]
     assert last["reason"] == "auto_stop" and ts(last["at"]) < ts(latest["auto_stop"]["stop_at"])
+    wait_for(lambda: f"auto stopped service {svc['id']}" in fast.procs["scheduler"].tail(20000), 10,
+             what="the scheduler's log line naming the service its countdown stopped")
 
 
 @pytest.mark.parametrize("how", ["stop-start", "patch", "stop"])
