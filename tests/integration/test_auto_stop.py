@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -12,7 +13,10 @@ import redis
 from api_helpers import AUTH, deploy, get_service, predict, upload, wait_status
 from conftest import Stack, make_settings
 from detserve import tasknames as names
+from detserve.monitoring import heartbeats, inflight
+from detserve.service import status
 from detserve.service.demo import build_blob_detector
+from detserve.store import Service, utcnow
 from support import blobs_image, heartbeat, wait_for
 
 HOUR = 2.0
@@ -22,8 +26,10 @@ LATE = 10.0  # a bound on lateness, not a timing: a loaded 2-core machine delays
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory, redis_base):
+    # heartbeats 4 s apart: the sweep's "silent for three beats" is then 12 s, which no other
+    # count of beats or seconds equals (test_the_sweep_resends_a_task_once_its_worker_is_silent)
     settings = make_settings(tmp_path_factory.mktemp("autostop"), redis_base,
-                             autostop_hour_seconds=HOUR, sweep_seconds=SWEEP)
+                             autostop_hour_seconds=HOUR, sweep_seconds=SWEEP, heartbeat_seconds=4.0)
     stack = Stack(settings)
     client = stack.app.test_client()
     resp = upload(client, "auto", build_blob_detector().SerializeToString())
@@ -160,6 +166,64 @@ def test_sweep_catches_a_lost_countdown(fast):
     assert last["reason"] == "auto_stop" and ts(last["at"]) > stop_at + 1.0  # seen Running then
     wait_for(lambda: f"sweep auto stopped {svc['id']}" in fast.procs["scheduler"].tail(20000), 10,
              what="the scheduler's log line naming the service the sweep stopped")
+
+
+def test_the_sweep_resends_a_task_once_its_worker_is_silent_for_three_beats(fast):
+    # given two claimed tasks whose workers last beat 3.5 and 2.5 beats ago (kept at those ages)
+    hb = fast.settings.heartbeat_seconds
+    client = redis.Redis.from_url(fast.settings.redis_url)
+    ages = {"worker@silent": 3.5 * hb, "worker@late": 2.5 * hb}
+    done = threading.Event()
+
+    def beat_at_those_ages() -> None:
+        while not done.is_set():
+            for worker, age in ages.items():
+                heartbeats.beat(client, "nobody", worker, now=time.time() - age)
+            done.wait(0.1)
+
+    beating = threading.Thread(target=beat_at_those_ages, daemon=True)
+    beating.start()
+    try:
+        for worker in ages:  # deploys on a queue no worker reads: sent again, they wait there
+            inflight.claim(client, f"task-{worker}", names.DEPLOY, ["no-such-service", "nobody"],
+                           "nobody", worker)
+
+        def claimed() -> set[str]:
+            return {r.task_id for r in inflight.running(client)}
+
+        # then the silent one's task is sent again within a few sweeps, and the scheduler says so
+        wait_for(lambda: "task-worker@silent" not in claimed(), SWEEP + LATE,
+                 what="the silent worker's task to be sent again")
+        wait_for(lambda: "sent again: task-worker@silent" in fast.procs["scheduler"].tail(20000), 10,
+                 what="the scheduler's log line naming the task it sent again")
+        # and the late one's is still its own, sweeps later
+        time.sleep(3 * SWEEP)
+        assert "task-worker@late" in claimed()
+    finally:
+        done.set()
+        beating.join()
+        for worker in ages:
+            heartbeats.forget(client, "nobody", worker)
+            inflight.release(client, f"task-{worker}")
+
+
+def test_the_sweep_finishes_half_done_stops_and_fails_stuck_deploys_and_says_so(fast):
+    # given a stop left half done and a deploy nobody finishes, both from an hour ago
+    client = fast.app.test_client()
+    half_stopped = deploy_running(client, auto_stop={"enabled": False, "hours": 1})["id"]
+    stuck = deploy_running(client, auto_stop={"enabled": False, "hours": 1})["id"]
+    status.transition(fast.store, half_stopped, status.RUNNING, status.STOPPING, reason="user")
+    status.transition(fast.store, stuck, status.RUNNING, status.DEPLOYING, reason="restart")
+    with fast.store.session() as session:
+        for sid in (half_stopped, stuck):
+            session.get(Service, sid).updated_at = utcnow() - timedelta(hours=1)
+    # then the sweep repairs both, and its log names them
+    wait_status(client, half_stopped, "Stopped", timeout=SWEEP + LATE)
+    wait_status(client, stuck, "Failed", timeout=SWEEP + LATE)
+    lines = (f"stops left half done, now Stopped: {half_stopped}",
+             f"deploys that never finished, now Failed: {stuck}")
+    wait_for(lambda: all(line in fast.procs["scheduler"].tail(20000) for line in lines), 10,
+             what=f"the scheduler's log lines {lines}")
 
 
 def test_start_and_stop_are_idempotent(fast):

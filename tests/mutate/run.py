@@ -43,17 +43,20 @@ TARGETS: dict[str, str] = {
         "tests/unit/test_preprocess.py tests/unit/test_packages.py tests/unit/test_box_geometry.py "
         f"{PROPS}::test_letterbox_then_the_inverse_mapping_gives_back_the_image",
     "shared/detserve/processing/postprocess.py":
-        f"tests/unit/test_postprocess.py tests/unit/test_box_geometry.py tests/unit/test_packages.py {PROPS}",
+        "tests/unit/test_postprocess.py tests/unit/test_answer_filters.py tests/unit/test_box_geometry.py "
+        f"tests/unit/test_packages.py {PROPS}",
     "shared/detserve/processing/image.py":
         "tests/unit/test_image.py tests/unit/test_box_geometry.py "
         f"{PROPS}::test_the_image_check_agrees_with_pillows_decode",
     # the model heads: box decoding per kind of model, reached through postprocess.decode
     **dict.fromkeys(HEADS, HEAD_TESTS),
     "shared/detserve/processing/decoders.py": "tests/unit/test_heads.py tests/unit/test_postprocess.py",
-    "shared/detserve/processing/options.py": "tests/unit/test_options.py tests/unit/test_heads.py",
+    "shared/detserve/processing/options.py":
+        "tests/unit/test_options.py tests/unit/test_answer_filters.py tests/unit/test_heads.py",
     # the scheduler's tasks only run inside the scheduler process: the end-to-end auto-stop tests
     "services/scheduler/detserve_scheduler/tasks.py":
-        "tests/integration/test_auto_stop.py -k 'token_after_a_scheduler_restart and patch or sweep_catches'",
+        "tests/integration/test_auto_stop.py -k 'token_after_a_scheduler_restart and patch or sweep_catches "
+        "or silent_for_three or half_done'",
 }
 TIMEOUT = {"services/scheduler/detserve_scheduler/tasks.py": 300.0}
 
