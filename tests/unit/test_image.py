@@ -229,3 +229,9 @@ def test_a_top_down_bmp_has_its_true_size():
     data[22:26] = (-30).to_bytes(4, "little", signed=True)  # negative height: rows stored top-down
     assert inspect(bytes(data), **LIMITS) == ("BMP", 40, 30)
     assert decode(bytes(data), **LIMITS).pixels.shape == (30, 40, 3)
+
+
+def test_an_image_of_exactly_the_pixel_limit_is_accepted():
+    data = image_bytes(30, 20)
+    assert inspect(data, max_bytes=1 << 20, max_pixels=600) == ("PNG", 30, 20)
+    assert decode(data, max_bytes=1 << 20, max_pixels=600).image.size == (30, 20)
