@@ -49,3 +49,14 @@ def test_filters_name_classes_after_the_class_offset():
     raw = rows((0.9, 0), (0.8, 1))
     assert kept(raw, AnswerOptions(classes=("a",)), spec, labels) == [(0.0, 2)]
     assert kept(raw, AnswerOptions(class_thresholds={"b": 0.85}), spec, labels) == [(0.0, 2)]
+
+
+def test_a_score_at_the_threshold_is_kept():
+    assert kept(rows((0.25, 0), (0.125, 1)), AnswerOptions()) == [(0.0, 0)]
+
+
+def test_the_boxes_decoder_keeps_what_the_models_own_nms_kept():
+    # two boxes of one class overlapping far past the default iou_threshold: the model chose both
+    raw = [np.asarray([[[0, 0, 10, 10, 0.9, 0], [0, 0, 10, 9, 0.8, 0]]], dtype=np.float32)]
+    boxes, scores, _ = decode(raw, SPEC, (64, 64), AnswerOptions(), LABELS)
+    assert len(boxes) == 2 and scores.tolist() == [np.float32(0.9), np.float32(0.8)]
