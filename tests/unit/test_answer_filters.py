@@ -60,3 +60,12 @@ def test_the_boxes_decoder_keeps_what_the_models_own_nms_kept():
     raw = [np.asarray([[[0, 0, 10, 10, 0.9, 0], [0, 0, 10, 9, 0.8, 0]]], dtype=np.float32)]
     boxes, scores, _ = decode(raw, SPEC, (64, 64), AnswerOptions(), LABELS)
     assert len(boxes) == 2 and scores.tolist() == [np.float32(0.9), np.float32(0.8)]
+
+
+def test_a_yolo_v8_score_at_the_threshold_is_kept():
+    out = np.zeros((1, 6, 2), dtype=np.float32)  # 4 + 2 classes, 2 anchors
+    out[0, :, 0] = [10, 10, 4, 4, 0.25, 0]
+    out[0, :, 1] = [30, 30, 4, 4, 0, 0.125]
+    spec = {"decoder": "yolo", "layout": "v8", "score_threshold": 0.25}
+    boxes, scores, classes = decode([out], spec, (64, 64), AnswerOptions(), LABELS)
+    assert boxes.tolist() == [[8, 8, 12, 12]] and classes.tolist() == [0]
