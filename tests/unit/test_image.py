@@ -61,6 +61,18 @@ def test_transparent_pixels_become_white(mode):
     assert np.abs(px[:, 20:] - opaque).max() <= 2
 
 
+@pytest.mark.parametrize("mode,key,opaque", [("L", 0, 90), ("RGB", (0, 0, 0), (120, 0, 0))])
+def test_a_pngs_transparent_colour_becomes_white(mode, key, opaque):
+    # tRNS in a grey or colour PNG: pixels of that one value are see-through (was: left black)
+    img = Image.new(mode, (40, 20), key)
+    img.paste(opaque, (20, 0, 40, 20))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=key)
+    px = decode(buf.getvalue(), **LIMITS).pixels.astype(int)
+    assert (px[:, :20] == 255).all()
+    assert (px[:, 20:] == opaque).all()
+
+
 def test_half_transparent_pixels_are_blended_onto_white():
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[...] = (0, 0, 0, 128)  # black at half opacity over white is mid grey
