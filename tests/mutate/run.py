@@ -126,7 +126,7 @@ def recheck_module(lane: Path, module: str, log) -> str:
         conn.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
     subprocess.run([tool("cosmic-ray"), "exec", db.with_suffix(".toml").name, db.name], cwd=lane,
                    check=True, stdout=log, stderr=log)
-    return subprocess.run([tool("cr-report"), "--show-pending", db.name], cwd=lane, check=True,
+    return subprocess.run([tool("cr-report"), "--show-pending", "--show-diff", db.name], cwd=lane, check=True,
                           capture_output=True, text=True).stdout
 
 
@@ -142,7 +142,7 @@ def run_module(lane: Path, module: str, log) -> str:
                 [tool("cr-filter-operators"), db.name, cfg.name],
                 [tool("cosmic-ray"), "exec", cfg.name, db.name]):
         subprocess.run(cmd, cwd=lane, check=True, stdout=log, stderr=log)
-    return subprocess.run([tool("cr-report"), "--show-pending", db.name], cwd=lane, check=True,
+    return subprocess.run([tool("cr-report"), "--show-pending", "--show-diff", db.name], cwd=lane, check=True,
                           capture_output=True, text=True).stdout
 
 
