@@ -117,3 +117,9 @@ def test_nms_at_overlap_zero_keeps_the_same_box_of_two_classes_whatever_the_shif
                        dtype=np.float32)
     kept = nms(boxes, np.asarray([0.9, 0.8], dtype=np.float32), np.asarray([51, 50]), 0.0)
     assert kept.tolist() == [0, 1]
+
+
+def test_a_yolo_output_with_no_room_for_a_class_is_refused():
+    # [1, 3, 5]: neither 4 + classes channels nor 5 + classes columns, for any class count
+    with pytest.raises(ValueError, match=r"output 'out' is \[1, 3, 5\]"):
+        match_outputs([("out", [1, 3, 5])], "yolo", None)
