@@ -29,8 +29,8 @@ WORK = ROOT / ".mutate"
 PYTEST = f"{sys.executable} -m pytest -x -q -p no:cacheprovider"
 PROPS = "tests/unit/test_properties.py"
 HEADS = [f"shared/detserve/processing/heads/{h}.py" for h in ("boxes", "yolo", "picodet", "centerface")]
-HEAD_TESTS = ("tests/unit/test_heads.py tests/unit/test_postprocess.py tests/unit/test_answer_filters.py "
-              "tests/unit/test_packages.py")
+HEAD_TESTS = ("tests/unit/test_heads.py tests/unit/test_heads_edges.py tests/unit/test_postprocess.py "
+              "tests/unit/test_answer_filters.py tests/unit/test_packages.py")
 
 # module -> the tests whose failure kills its mutants (fast: no worker processes, but for tasks.py)
 TARGETS: dict[str, str] = {
