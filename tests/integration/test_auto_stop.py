@@ -324,6 +324,7 @@ def test_old_countdown_voided_by_its_token_after_a_scheduler_restart(fast, how):
     now = get_service(client, svc["id"])
     assert now["status"] == "Running" and now["auto_stop"]["stop_at"] == rearmed["auto_stop"]["stop_at"]
     assert "auto_stop" not in [e["reason"] for e in events(client, svc["id"])]
+    assert f"auto stopped service {svc['id']}" not in fast.procs["scheduler"].tail(20000)
     # and the countdown of the current arming, delivered now, stops it before its stop_at: the
     # countdown task did it, not the sweep (which waits for stop_at)
     latest = client.patch(f"/v1/services/{svc['id']}", json={"auto_stop": {"enabled": True, "hours": 24}},
