@@ -51,7 +51,8 @@ TARGETS: dict[str, str] = {
         f"{PROPS}::test_the_image_check_agrees_with_pillows_decode",
     # the model heads: box decoding per kind of model, reached through postprocess.decode
     **dict.fromkeys(HEADS, HEAD_TESTS),
-    "shared/detserve/processing/decoders.py": "tests/unit/test_heads.py tests/unit/test_postprocess.py",
+    "shared/detserve/processing/decoders.py":
+        "tests/unit/test_heads.py tests/unit/test_heads_edges.py tests/unit/test_postprocess.py",
     "shared/detserve/processing/options.py":
         "tests/unit/test_options.py tests/unit/test_answer_filters.py tests/unit/test_heads.py",
     # the scheduler's tasks only run inside the scheduler process: the end-to-end auto-stop tests

@@ -77,3 +77,28 @@ def test_centerface_keeps_a_score_at_the_threshold():
     raw = [dict(maps)[n] for n in spec["outputs"]]
     _, scores, _ = decode(raw, spec, (64, 64), AnswerOptions(score_threshold=0.5))
     assert scores.tolist() == [np.float32(0.9), np.float32(0.5)]
+
+
+def test_a_mismatch_lists_the_models_outputs():
+    with pytest.raises(ValueError, match=r"the model's outputs are 'x' \[1, 2\], 'y' \['N', 6, 7\]$"):
+        match_outputs([("x", [1, 2]), ("y", ["N", 6, 7])], "boxes", None)
+    with pytest.raises(ValueError, match="the model's outputs are none$"):
+        match_outputs([], "boxes", None)
+
+
+def test_a_decoder_that_fails_to_load_is_left_out_and_logged(monkeypatch, caplog):
+    from importlib.metadata import EntryPoint
+
+    from detserve.processing import decoders
+
+    points = [EntryPoint("broken", "no_such_module_for_detserve:Head", decoders.GROUP),
+              EntryPoint("yolo", "detserve.processing.heads.yolo:Yolo", decoders.GROUP)]
+    monkeypatch.setattr(decoders, "entry_points", lambda group: points)
+    decoders.available.cache_clear()
+    try:
+        assert set(decoders.available()) == {"yolo"}
+        assert "decoder 'broken'" in caplog.text and "left out" in caplog.text
+        # read once per process: a scan of the installed packages per prediction would cost
+        assert decoders.available() is decoders.available()
+    finally:
+        decoders.available.cache_clear()
