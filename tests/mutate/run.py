@@ -54,7 +54,8 @@ TARGETS: dict[str, str] = {
     "shared/detserve/processing/decoders.py":
         "tests/unit/test_heads.py tests/unit/test_heads_edges.py tests/unit/test_postprocess.py",
     "shared/detserve/processing/options.py":
-        "tests/unit/test_options.py tests/unit/test_answer_filters.py tests/unit/test_heads.py",
+        "tests/unit/test_options.py tests/unit/test_options_edges.py tests/unit/test_answer_filters.py "
+        "tests/unit/test_heads.py",
     # the scheduler's tasks only run inside the scheduler process: the end-to-end auto-stop tests
     "services/scheduler/detserve_scheduler/tasks.py":
         "tests/integration/test_auto_stop.py -k 'token_after_a_scheduler_restart and patch or sweep_catches "
