@@ -102,3 +102,11 @@ def test_a_decoder_that_fails_to_load_is_left_out_and_logged(monkeypatch, caplog
         assert decoders.available() is decoders.available()
     finally:
         decoders.available.cache_clear()
+
+
+def test_picodet_takes_the_smallest_distribution_of_two_bins():
+    shapes = [(f"{kind}{i}", [1, n, width]) for i, n in enumerate((64, 16, 4, 1))
+              for kind, width in (("scores", 2), ("boxes", 8))]
+    assert match_outputs(shapes, "picodet", 2)["reg_max"] == 1
+    with pytest.raises(ValueError, match="reg_max 0"):
+        match_outputs([(n, [1, s[1], 4 if n.startswith("boxes") else 2]) for n, s in shapes], "picodet", 2)
