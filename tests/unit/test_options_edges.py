@@ -34,6 +34,8 @@ def test_the_ends_of_each_range_are_accepted(field, raw, value):
     ("class_thresholds", '{"cat": -1}', "is not a number from 0 to 1"),
     ("class_thresholds", '{"cat": "high"}', "'cat': 'high' is not a number"),
     ("class_thresholds", '{"cat": 0.5', "is not a JSON object of class name to a number"),
+    ("class_thresholds", "[1]", "is not a JSON object of class name to a number"),
+    ("class_thresholds", "{}", "is not a JSON object of class name to a number"),
     ("classes", '["cat", 7]', "is not class names as a comma-separated list or a JSON list"),
     ("classes", '["cat"', "is not class names as a comma-separated list or a JSON list"),
     ("classes", "cat,,dog", "(no empty names)"),
