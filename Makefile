@@ -42,6 +42,6 @@ clean:
 	rm -rf $(VENV) .pytest_cache .mutate
 
 # Mutation testing (cosmic-ray) of the modules that decide answers and state, each against its fast
-# tests, on two lanes; not run by CI (about half an hour on a 2-core machine). Report: .mutate/report.txt
+# tests, on two lanes; not run by CI (about 26 min on two idle cores). Report: .mutate/report.txt
 mutate: $(DEV)
 	$(PY) tests/mutate/run.py

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
+import redis
 
 from api_helpers import AUTH, deploy, get_service, predict, upload, wait_status
 from conftest import Stack, make_settings
 from detserve import tasknames as names
+from detserve.monitoring import heartbeats, inflight
+from detserve.service import status
 from detserve.service.demo import build_blob_detector
+from detserve.store import Service, utcnow
 from support import blobs_image, heartbeat, wait_for
 
 HOUR = 2.0
@@ -20,8 +26,10 @@ LATE = 10.0  # a bound on lateness, not a timing: a loaded 2-core machine delays
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory, redis_base):
+    # heartbeats 4 s apart: the sweep's "silent for three beats" is then 12 s, which no other
+    # count of beats or seconds equals (test_the_sweep_resends_a_task_once_its_worker_is_silent)
     settings = make_settings(tmp_path_factory.mktemp("autostop"), redis_base,
-                             autostop_hour_seconds=HOUR, sweep_seconds=SWEEP)
+                             autostop_hour_seconds=HOUR, sweep_seconds=SWEEP, heartbeat_seconds=4.0)
     stack = Stack(settings)
     client = stack.app.test_client()
     resp = upload(client, "auto", build_blob_detector().SerializeToString())
@@ -136,21 +144,89 @@ def test_duplicated_countdown_delivery_stops_once(fast):
 
 
 def test_sweep_catches_a_lost_countdown(fast):
-    # given a service whose countdown is lost (the scheduler dies holding it)
+    # given a service whose countdown is lost: sent while the scheduler is down, then flushed
+    # from its queue (with the countdown still queued, the restarted scheduler would run it and
+    # the sweep would never be needed)
     client = fast.app.test_client()
     fast.procs["scheduler"].kill()
     try:
         svc = deploy_running(client, auto_stop={"enabled": True, "hours": 1})
+        broker = redis.Redis.from_url(fast.settings.redis_url)
+        queued = [k for k in broker.scan_iter(match="scheduler*") if broker.type(k) == b"list"]
+        assert queued and broker.delete(*queued) >= 1  # the countdown was there, and is gone
         stop_at = ts(svc["auto_stop"]["stop_at"])
         time.sleep(max(0.0, stop_at - time.time()) + 1.0)
         assert client.get(f"/v1/services/{svc['id']}", headers=AUTH).json["status"] == "Running"
     finally:
         # when the scheduler comes back
         fast.restart("scheduler")
-    # then the sweep stops it, once the scheduler is back (a bound, not a timing)
+    # then the sweep stops it, once the scheduler is back (a bound, not a timing), and says so
     wait_status(client, svc["id"], "Stopped", timeout=SWEEP + LATE)
     last = events(client, svc["id"])[-1]
     assert last["reason"] == "auto_stop" and ts(last["at"]) > stop_at + 1.0  # seen Running then
+    wait_for(lambda: f"sweep auto stopped {svc['id']}" in fast.procs["scheduler"].tail(20000), 10,
+             what="the scheduler's log line naming the service the sweep stopped")
+
+
+def test_the_sweep_resends_a_task_once_its_worker_is_silent_for_three_beats(fast):
+    # given two claimed tasks whose workers last beat 3.5 and 2.5 beats ago (kept at those ages)
+    hb = fast.settings.heartbeat_seconds
+    client = redis.Redis.from_url(fast.settings.redis_url)
+    ages = {"worker@silent": 3.5 * hb, "worker@late": 2.5 * hb}
+    done = threading.Event()
+
+    def beat_at_those_ages() -> None:
+        while not done.is_set():
+            for worker, age in ages.items():
+                heartbeats.beat(client, "nobody", worker, now=time.time() - age)
+            done.wait(0.1)
+
+    beating = threading.Thread(target=beat_at_those_ages, daemon=True)
+    beating.start()
+    try:
+        for worker in ages:  # deploys on a queue no worker reads: sent again, they wait there
+            inflight.claim(client, f"task-{worker}", names.DEPLOY, ["no-such-service", "nobody"],
+                           "nobody", worker)
+
+        def claimed() -> set[str]:
+            return {r.task_id for r in inflight.running(client)}
+
+        # then the silent one's task is sent again within a few sweeps, and the scheduler says so
+        wait_for(lambda: "task-worker@silent" not in claimed(), SWEEP + LATE,
+                 what="the silent worker's task to be sent again")
+        wait_for(lambda: "sent again: task-worker@silent" in fast.procs["scheduler"].tail(20000), 10,
+                 what="the scheduler's log line naming the task it sent again")
+        # and the late one's is still its own, sweeps later (which store no results: a key per
+        # sweep, every second, would be waste)
+        results = stored_results(client)
+        time.sleep(3 * SWEEP)
+        assert "task-worker@late" in claimed()
+        assert stored_results(client) == results
+    finally:
+        done.set()
+        beating.join()
+        for worker in ages:
+            heartbeats.forget(client, "nobody", worker)
+            inflight.release(client, f"task-{worker}")
+
+
+def test_the_sweep_finishes_half_done_stops_and_fails_stuck_deploys_and_says_so(fast):
+    # given a stop left half done and a deploy nobody finishes, both from an hour ago
+    client = fast.app.test_client()
+    half_stopped = deploy_running(client, auto_stop={"enabled": False, "hours": 1})["id"]
+    stuck = deploy_running(client, auto_stop={"enabled": False, "hours": 1})["id"]
+    status.transition(fast.store, half_stopped, status.RUNNING, status.STOPPING, reason="user")
+    status.transition(fast.store, stuck, status.RUNNING, status.DEPLOYING, reason="restart")
+    with fast.store.session() as session:
+        for sid in (half_stopped, stuck):
+            session.get(Service, sid).updated_at = utcnow() - timedelta(hours=1)
+    # then the sweep repairs both, and its log names them
+    wait_status(client, half_stopped, "Stopped", timeout=SWEEP + LATE)
+    wait_status(client, stuck, "Failed", timeout=SWEEP + LATE)
+    lines = (f"stops left half done, now Stopped: {half_stopped}",
+             f"deploys that never finished, now Failed: {stuck}")
+    wait_for(lambda: all(line in fast.procs["scheduler"].tail(20000) for line in lines), 10,
+             what=f"the scheduler's log lines {lines}")
 
 
 def test_start_and_stop_are_idempotent(fast):
@@ -185,6 +261,12 @@ def test_a_lost_deploy_ends_failed_not_stuck(tmp_path_factory, redis_base):
         assert events(client, created.json["id"])[-1]["reason"] == "deploy_timeout"
     finally:
         stack.close()
+
+
+def stored_results(client: redis.Redis) -> int:
+    """How many task results the backend holds that say SUCCESS with nothing in them."""
+    metas = [json.loads(v) for v in map(client.get, client.scan_iter(match="celery-task-meta-*")) if v]
+    return sum(1 for m in metas if m["status"] == "SUCCESS" and m["result"] is None)
 
 
 def stop_token(stack, sid):
@@ -234,11 +316,26 @@ def test_old_countdown_voided_by_its_token_after_a_scheduler_restart(fast, how):
     fast.app.extensions["celery"].send_task(names.STOP, args=[svc["id"], old], task_id=old,
                                             queue="scheduler")
     wait_for(lambda: scheduler_ran_stop_tasks(fast) >= 1, 60, 0.5, what="the redelivered countdown to run")
+    # (a countdown's run stores no result, one key per arming in the backend: at most the
+    # REVOKED mark of its revoke is there)
+    meta = redis.Redis.from_url(fast.settings.redis_url).get(f"celery-task-meta-{old}")
+    assert meta is None or json.loads(meta)["status"] == "REVOKED", meta
     # then the service runs on, on its new arming
     now = get_service(client, svc["id"])
     assert now["status"] == "Running" and now["auto_stop"]["stop_at"] == rearmed["auto_stop"]["stop_at"]
     assert "auto_stop" not in [e["reason"] for e in events(client, svc["id"])]
-    client.post(f"/v1/services/{svc['id']}/stop", headers=AUTH)
+    assert f"auto stopped service {svc['id']}" not in fast.procs["scheduler"].tail(20000)
+    # and the countdown of the current arming, delivered now, stops it before its stop_at: the
+    # countdown task did it, not the sweep (which waits for stop_at)
+    latest = client.patch(f"/v1/services/{svc['id']}", json={"auto_stop": {"enabled": True, "hours": 24}},
+                          headers=AUTH).json
+    fast.app.extensions["celery"].send_task(names.STOP, args=[svc["id"], stop_token(fast, svc["id"])],
+                                            queue="scheduler")
+    wait_status(client, svc["id"], "Stopped", timeout=30)
+    last = events(client, svc["id"])[-1]
+    assert last["reason"] == "auto_stop" and ts(last["at"]) < ts(latest["auto_stop"]["stop_at"])
+    wait_for(lambda: f"auto stopped service {svc['id']}" in fast.procs["scheduler"].tail(20000), 10,
+             what="the scheduler's log line naming the service its countdown stopped")
 
 
 @pytest.mark.parametrize("how", ["stop-start", "patch", "stop"])

@@ -138,3 +138,38 @@ def test_a_task_is_checked_against_the_service_it_belongs_to(api, store):
     gone = client.get("/v1/predictions/t-2", headers={"Authorization": f"Bearer {ADMIN}"})
     assert gone.status_code == 404 and "unknown or expired" in gone.json["error"]["message"]
     assert client.get("/v1/predictions/t-2", headers={"X-Service-Key": "key-b"}).status_code == 404
+
+
+# ---- the artifact token (what workers carry): artifacts' bytes, nothing else ------------------
+
+READER = "the-artifact-token"
+
+
+def test_the_artifact_token_is_a_bearer_of_exactly_that_token():
+    from detserve_api.auth import bearer_is
+
+    assert bearer_is(f"Bearer {READER}", READER) and bearer_is(f"bearer  {READER} ", READER)
+    for wrong in (f"Basic {READER}", READER, f"Bearer {READER}x", "Bearer ", ""):
+        assert not bearer_is(wrong, READER), wrong
+    for blank in ("", "  "):  # an unset token never matches, not even a blank bearer
+        assert not bearer_is("Bearer ", blank) and not bearer_is(f"Bearer {blank}", blank)
+    # text no HTTP header can carry is no credential (not a 500)
+    assert not bearer_is("Bearer tok\u20ac", READER)
+    with pytest.raises(Unauthorized):
+        is_admin("Bearer tok\u20ac", ADMIN)
+
+
+def test_the_artifact_token_opens_the_artifact_route_and_no_other(tmp_path, redis_base, store):
+    from conftest import as_config, make_settings
+    from detserve_api import create_app
+
+    settings = make_settings(tmp_path, redis_base, admin_token=ADMIN, artifact_token=READER)
+    client = create_app(as_config(settings), store=store).test_client()
+    reader = {"Authorization": f"Bearer {READER}"}
+    artifact = f"/v1/artifacts/{'ab' * 32}"
+    assert client.get(artifact, headers=reader).status_code == 404  # past auth: no such artifact
+    assert client.get(artifact, headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404
+    assert client.get(artifact).status_code == 401
+    assert client.get(artifact, headers={"Authorization": f"Bearer {READER}x"}).status_code == 401
+    assert client.get("/v1/services", headers=reader).status_code == 401
+    assert client.get("/v1/models", headers=reader).status_code == 401

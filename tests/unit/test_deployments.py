@@ -7,10 +7,14 @@ tested end to end, with real workers and a real scheduler, in tests/integration/
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
+from kombu.exceptions import OperationalError
 
 from conftest import make_settings
 from detserve.celery_app import make_celery
@@ -389,3 +393,156 @@ def test_stuck_deploys_after_one_that_finished_are_still_failed(rt):
     finally:
         event.remove(rt.store.engine, "after_cursor_execute", one_finishes)
     assert failed == [s for s in (first, second) if s != finished[0]]
+
+
+# ---- races and faults the mutation run (make mutate) found untested ---------------------------
+
+
+def before_transition(monkeypatch, to: str, action) -> None:
+    """Run `action` (another caller, racing) once, just before the next transition to `to`."""
+    real, pending = status.transition, [action]
+
+    def transition(store, service_id, expected, new, **kwargs):
+        if new == to and pending:
+            pending.pop()()
+        return real(store, service_id, expected, new, **kwargs)
+
+    monkeypatch.setattr(status, "transition", transition)
+
+
+def test_a_patch_landing_just_before_running_is_armed_with_the_new_setting(rt, monkeypatch):
+    # the PATCH sees Deploying and leaves the arming to the deploy, which read the old setting
+    sid = new_service(rt, hours=1)
+    before_transition(monkeypatch, status.RUNNING,
+                      lambda: deployments.update_auto_stop(rt, sid, {"enabled": True, "hours": 3}))
+    before = utcnow()
+    assert deployments.complete_deploy(rt, sid, lambda v: None) == status.RUNNING
+    svc = deployments.get_service(rt, sid)
+    assert svc.auto_stop_hours == 3 and svc.stop_at >= before + timedelta(seconds=3 * HOUR)
+    assert rt.bus.take()[-1] == ("countdown", sid, svc.stop_token, svc.stop_at.isoformat())
+
+
+def test_a_patch_while_redeploying_after_a_restart_replaces_the_kept_arming(rt):
+    old = running(rt, hours=1)
+    assert deployments.recover(rt) == [old.id]  # Running -> Deploying, the arming kept
+    rt.bus.take()
+    deployments.update_auto_stop(rt, old.id, {"enabled": True, "hours": 3})
+    assert ("revoke", old.stop_token) in rt.bus.take()
+    before = utcnow()
+    assert deployments.complete_deploy(rt, old.id, lambda v: None) == status.RUNNING
+    svc = deployments.get_service(rt, old.id)
+    assert svc.stop_token != old.stop_token and svc.stop_at >= before + timedelta(seconds=3 * HOUR)
+
+
+def test_traffic_limit_is_set_and_cleared_and_an_unknown_service_is_404(rt):
+    sid = new_service(rt)
+    deployments.update_traffic_limit(rt, sid, 2.5)
+    assert deployments.get_service(rt, sid).traffic_limit_qps == 2.5
+    deployments.update_traffic_limit(rt, sid, None)
+    assert deployments.get_service(rt, sid).traffic_limit_qps is None
+    with pytest.raises(NotFound):
+        deployments.update_traffic_limit(rt, "no-such-service", 1.0)
+
+
+def test_a_model_loaded_for_a_service_stopped_meanwhile_is_dropped_unless_in_use(rt):
+    dropped: list[int] = []
+    sid = new_service(rt)
+    assert deployments.complete_deploy(rt, sid, lambda v: deployments.stop(rt, sid),
+                                       dropped.append) == status.STOPPED
+    assert dropped == [deployments.get_service(rt, sid).version_id]
+    # another service running the same version keeps it loaded
+    other = running(rt)
+    version_id = other.version_id
+    with rt.store.session() as session:
+        version = session.get(deployments.ModelVersion, version_id)
+    service, _ = deployments.create_service(rt, version, "cpu", None, {"enabled": False, "hours": 1})
+    dropped.clear()
+    assert deployments.complete_deploy(rt, service.id, lambda v: deployments.stop(rt, service.id),
+                                       dropped.append) == status.STOPPED
+    assert dropped == []
+
+
+def test_a_user_stop_racing_start_up_recovery_is_skipped_and_the_rest_recovered(rt, monkeypatch):
+    first, second = running(rt), running(rt)
+    rows = sorted([first.id, second.id])  # recover walks them in the database's order
+    stops: list[str] = []
+
+    def user_stops_the_one_being_recovered():
+        with rt.store.session(readonly=True) as session:
+            current = [s.id for s in session.scalars(deployments.select(Service).where(
+                Service.id.in_(rows))) if s.status == status.RUNNING][0]
+        stops.append(current)
+        assert deployments.stop(rt, current)
+
+    before_transition(monkeypatch, status.DEPLOYING, user_stops_the_one_being_recovered)
+    rt.bus.take()
+    redeployed = deployments.recover(rt)
+    (stopped,) = stops
+    assert redeployed == [s for s in rows if s != stopped]
+    assert deployments.get_service(rt, stopped).status == status.STOPPED
+    assert [m for m in rt.bus.take() if m[0] == "deploy"] == [("deploy", redeployed[0], "cpu")]
+
+
+def test_two_starts_at_once_deploy_once(rt, monkeypatch):
+    sid = running(rt).id
+    deployments.stop(rt, sid)
+    rt.bus.take()
+    before_transition(monkeypatch, status.DEPLOYING, lambda: deployments.start(rt, sid))
+    assert deployments.start(rt, sid).status == status.DEPLOYING  # the loser is a no-op
+    assert [m for m in rt.bus.take() if m[0] == "deploy"] == [("deploy", sid, "cpu")]
+
+
+OUTAGE = (redis.RedisError, OperationalError)  # what a send to a broker that is down raises
+
+
+@pytest.fixture()
+def dead_broker_rt(tmp_path, redis_base):
+    """A runtime whose broker is down: a real Celery app on a port nothing listens on."""
+    from support import free_port
+
+    settings = make_settings(tmp_path / "settings", redis_base)
+    app = make_celery(dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}"))
+    store = Store(f"sqlite:///{tmp_path / 'detserve.db'}")
+    store.migrate()
+    yield deployments.Runtime(store, ArtifactStore(tmp_path / "artifacts"), CeleryBus(app), HOUR)
+    store.dispose()
+
+
+def test_a_deploy_the_broker_refuses_leaves_the_service_failed_and_raises(dead_broker_rt):
+    rt = dead_broker_rt
+    version = register_version(rt, "m", build_blob_detector().SerializeToString(), None,
+                               status.SUCCESSFUL, max_bytes=1 << 30)
+    with pytest.raises(OUTAGE):
+        deployments.create_service(rt, version, "cpu", None, {"enabled": True, "hours": 1})
+    with rt.store.session(readonly=True) as session:
+        (svc,) = session.scalars(deployments.select(Service)).all()
+    assert svc.status == status.FAILED and "could not be queued" in svc.error
+
+
+def test_a_refused_deploy_of_a_service_stopped_meanwhile_raises_the_outage(dead_broker_rt, monkeypatch):
+    rt = dead_broker_rt
+    version = register_version(rt, "m", build_blob_detector().SerializeToString(), None,
+                               status.SUCCESSFUL, max_bytes=1 << 30)
+    real_deploy = CeleryBus.deploy
+
+    def stopped_then_refused(bus, service_id, flavor):
+        status.transition(rt.store, service_id, status.DEPLOYING, status.STOPPING, reason="user")
+        status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason="user")
+        real_deploy(bus, service_id, flavor)
+
+    monkeypatch.setattr(CeleryBus, "deploy", stopped_then_refused)
+    with pytest.raises(OUTAGE):  # the outage, not the lost compare-and-set
+        deployments.create_service(rt, version, "cpu", None, {"enabled": True, "hours": 1})
+    with rt.store.session(readonly=True) as session:
+        (svc,) = session.scalars(deployments.select(Service)).all()
+    assert svc.status == status.STOPPED
+
+
+def test_a_move_to_failed_is_logged_as_a_warning_and_others_as_info(rt, caplog):
+    sid = new_service(rt)
+    caplog.set_level(logging.INFO, logger="detserve.service.status")
+    status.transition(rt.store, sid, status.DEPLOYING, status.FAILED, reason="deploy_failed", error="bad")
+    status.transition(rt.store, sid, status.FAILED, status.DEPLOYING, reason="user")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "detserve.service.status"] == [
+        ("WARNING", "Deploying -> Failed (deploy_failed): bad"), ("INFO", "Failed -> Deploying (user)")]

@@ -61,6 +61,18 @@ def test_transparent_pixels_become_white(mode):
     assert np.abs(px[:, 20:] - opaque).max() <= 2
 
 
+@pytest.mark.parametrize("mode,key,opaque", [("L", 0, 90), ("RGB", (0, 0, 0), (120, 0, 0))])
+def test_a_pngs_transparent_colour_becomes_white(mode, key, opaque):
+    # tRNS in a grey or colour PNG: pixels of that one value are see-through (was: left black)
+    img = Image.new(mode, (40, 20), key)
+    img.paste(opaque, (20, 0, 40, 20))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=key)
+    px = decode(buf.getvalue(), **LIMITS).pixels.astype(int)
+    assert (px[:, :20] == 255).all()
+    assert (px[:, 20:] == opaque).all()
+
+
 def test_half_transparent_pixels_are_blended_onto_white():
     rgba = np.zeros((8, 8, 4), dtype=np.uint8)
     rgba[...] = (0, 0, 0, 128)  # black at half opacity over white is mid grey
@@ -229,3 +241,9 @@ def test_a_top_down_bmp_has_its_true_size():
     data[22:26] = (-30).to_bytes(4, "little", signed=True)  # negative height: rows stored top-down
     assert inspect(bytes(data), **LIMITS) == ("BMP", 40, 30)
     assert decode(bytes(data), **LIMITS).pixels.shape == (30, 40, 3)
+
+
+def test_an_image_of_exactly_the_pixel_limit_is_accepted():
+    data = image_bytes(30, 20)
+    assert inspect(data, max_bytes=1 << 20, max_pixels=600) == ("PNG", 30, 20)
+    assert decode(data, max_bytes=1 << 20, max_pixels=600).image.size == (30, 20)

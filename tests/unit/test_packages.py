@@ -15,7 +15,8 @@ from onnx import TensorProto, numpy_helper
 from detserve.errors import InvalidModel, PayloadTooLarge
 from detserve.inference.standalone import local_detector
 from detserve.service.demo import build_blob_detector
-from detserve.service.packages import read_package
+from detserve.service.modelconfig import MAX_SIDE
+from detserve.service.packages import _MAX_META_CHARS, MAX_ZIP_ENTRIES, read_package
 from support import blobs_image, constant_model, dynamic_batch_model, yolo_v8_output
 
 LIMIT = 1 << 30
@@ -286,3 +287,72 @@ def test_a_model_or_zip_of_exactly_the_limit_is_accepted():
     archive = zipped({"model.onnx": model}, zipfile.ZIP_DEFLATED)  # unpacks to exactly the limit
     assert len(archive) < len(model)
     assert read_package(archive, None, max_bytes=len(model)).labels == ["red", "green", "blue"]
+
+
+# ---- edges the mutation run (make mutate) found untested ---------------------------------------
+
+
+@pytest.mark.parametrize("imgsz", ["0", "-5", "3.5", "True", "[64, 64, 64]", "{1: 64}", str(MAX_SIDE + 1)])
+def test_metadata_imgsz_that_is_no_size_is_refused_by_name(imgsz):
+    model = symbolic_hw(constant_model(OUT, size=64, meta={"names": META["names"], "imgsz": imgsz}))
+    with pytest.raises(InvalidModel, match="'imgsz'"):
+        read_package(model, None, max_bytes=LIMIT)
+
+
+def test_metadata_imgsz_of_the_largest_side_is_accepted():
+    model = symbolic_hw(constant_model(OUT, size=64, meta={"names": META["names"], "imgsz": str(MAX_SIDE)}))
+    assert read_package(model, None, max_bytes=LIMIT).input["size"] == [MAX_SIDE, MAX_SIDE]
+
+
+def test_a_zip_of_exactly_the_most_entries_is_read_and_one_more_is_refused():
+    model = constant_model(OUT, size=64, meta=META)
+    fill = {f"w/{i}": b"" for i in range(MAX_ZIP_ENTRIES - 1)}
+    most = zipped({"model.onnx": model, **fill})
+    assert read_package(most, None, max_bytes=LIMIT).labels == ["a", "b", "c"]
+    with pytest.raises(InvalidModel, match="entries"):
+        read_package(zipped({"model.onnx": model, **fill, "w/extra": b""}), None, max_bytes=LIMIT)
+
+
+def test_metadata_names_of_exactly_the_longest_text_are_read_and_longer_refused():
+    names = "['a', 'b', 'c']"
+    longest = names[:-1] + " " * (_MAX_META_CHARS - len(names)) + "]"
+    assert len(longest) == _MAX_META_CHARS
+    assert read_package(constant_model(OUT, size=64, meta={"names": longest}), None,
+                        max_bytes=LIMIT).labels == ["a", "b", "c"]
+    with pytest.raises(InvalidModel, match="'names'"):
+        read_package(constant_model(OUT, size=64, meta={"names": longest + " "}), None, max_bytes=LIMIT)
+
+
+def test_the_checkers_refusal_quotes_its_reason():
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["missing_input"], ["output0"])], "bad",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(InvalidModel, match="onnx.checker refused the model: .*missing_input"):
+        read_package(model.SerializeToString(), None, max_bytes=LIMIT)
+
+
+def patched_central_entry(data: bytes, name: bytes, offset: int, value: bytes) -> bytes:
+    """The zip with `value` written at `offset` of `name`'s central-directory header."""
+    at = data.index(b"PK\x01\x02")
+    while data[at + 46:at + 46 + len(name)] != name:
+        at = data.index(b"PK\x01\x02", at + 4)
+    return data[:at + offset] + value + data[at + offset + len(value):]
+
+
+def test_a_zip_entry_of_an_unknown_compression_method_is_refused_saying_so():
+    data = zipped({"model.onnx": constant_model(OUT, size=64, meta=META)})
+    method_99 = patched_central_entry(data, b"model.onnx", 10, (99).to_bytes(2, "little"))
+    with pytest.raises(InvalidModel, match="damaged or uses a compression"):
+        read_package(method_99, None, max_bytes=LIMIT)
+
+
+def test_a_zip_entry_cut_short_is_refused_saying_so():
+    data = zipped({"model.onnx": constant_model(OUT, size=64, meta=META)})
+    longer = (len(data) * 2).to_bytes(4, "little")  # sizes past the end of the file
+    cut = patched_central_entry(data, b"model.onnx", 20, longer + longer)  # compressed, then full size
+    with pytest.raises(InvalidModel, match="damaged or uses a compression"):
+        read_package(cut, None, max_bytes=LIMIT)

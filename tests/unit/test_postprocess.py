@@ -134,3 +134,18 @@ def test_e2e_rows_are_boxes_scores_classes_best_first():
     boxes, scores, classes = decode([rows], {"layout": "e2e", "score_threshold": 0.5}, (64, 64))
     assert boxes.tolist() == [[5, 6, 7, 8], [1, 2, 3, 4]] and classes.tolist() == [0, 2]
     assert scores.tolist() == pytest.approx([0.9, 0.6])
+
+
+def test_nms_at_overlap_zero_keeps_the_same_box_of_two_classes_whatever_the_shift_rounds_to():
+    # classes are shifted apart by more than the boxes span: by exactly the span, float32
+    # rounding of the shift left these two overlapping by a hair, and overlap 0 suppressed one
+    boxes = np.asarray([[-626.6563720703125, -626.6563720703125, 3924.71240234375, 3924.71240234375]] * 2,
+                       dtype=np.float32)
+    kept = nms(boxes, np.asarray([0.9, 0.8], dtype=np.float32), np.asarray([51, 50]), 0.0)
+    assert kept.tolist() == [0, 1]
+
+
+def test_a_yolo_output_with_no_room_for_a_class_is_refused():
+    # [1, 3, 5]: neither 4 + classes channels nor 5 + classes columns, for any class count
+    with pytest.raises(ValueError, match=r"output 'out' is \[1, 3, 5\]"):
+        match_outputs([("out", [1, 3, 5])], "yolo", None)

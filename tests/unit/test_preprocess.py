@@ -14,6 +14,8 @@ from detserve.processing.preprocess import TensorSpec, resize
     {"scale": 1 / 255, "mean": [0, 0, 0], "std": [1, 1, 1]},
     {"color": "BGR", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
     {"layout": "NHWC", "scale": 1.0, "mean": [123.7, 116.3, 103.5], "std": [58.4, 57.1, 57.4]},
+    {"mean": [0.5, 0.25, 0.125]},  # a mean alone divides by ones
+    {"std": [2.0, 4.0, 8.0]},
 ])
 def test_float_input_is_the_plain_formula(spec):
     pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)

@@ -147,6 +147,12 @@ def check_bytes(data: bytes, *, max_bytes: int) -> None:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    # alpha, or a PNG's transparent colour (tRNS: a palette entry, or one grey or RGB value),
+    # shows as white, as a browser shows it
+    if img.mode in {"RGBA", "LA", "PA"} or (img.mode in {"P", "L", "RGB"} and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode == "RGB":
         return img
     if img.mode in {"I;16", "I;16B", "I;16L", "I"}:
@@ -154,8 +160,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         peak = float(arr.max()) or 1.0
         scaled = (arr * (255.0 / (65535.0 if peak > 255 else 255.0))).clip(0, 255)
         return Image.fromarray(scaled.astype(np.uint8), "L").convert("RGB")
-    if img.mode in {"RGBA", "LA", "PA"} or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
