@@ -29,6 +29,8 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = self.engine.execution_options(detserve_readonly=True)
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
+        # one statement needs no transaction around it: no BEGIN and no ROLLBACK per read
+        self._statements = _make_engine(url, autocommit=True)
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -39,8 +41,9 @@ class Store:
 
     def first(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
         """One row of a read-only Core statement (the auth check of every prediction), without
-        an ORM session; None when there is none."""
-        with self._read_engine.connect() as conn:
+        an ORM session or a transaction (a single statement reads a consistent state on its
+        own); None when there is none."""
+        with self._statements.connect() as conn:
             return conn.execute(statement, params or {}).first()
 
     def migrate(self) -> None:
@@ -64,6 +67,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._statements.dispose()
 
 
 # Nothing waits on the database without a bound: a lock held too long, a hung or unreachable
@@ -73,11 +77,15 @@ CONNECT_SECONDS = 5
 STATEMENT_SECONDS = 15
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, autocommit: bool = False) -> Engine:
+    """The engine for `url`; with `autocommit`, one whose statements each stand alone (for
+    single reads: Store.first)."""
+    alone: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("postgresql"):
         # connect_args' options replace the URL's own (e.g. -csearch_path=...): keep both
         given = make_url(url).query.get("options", "")
-        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, connect_args={
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, **alone,
+                             connect_args={
             "connect_timeout": CONNECT_SECONDS,
             "options": f"{given if isinstance(given, str) else ' '.join(given)} "
                        f"-c statement_timeout={STATEMENT_SECONDS * 1000} "
@@ -86,7 +94,7 @@ def _make_engine(url: str) -> Engine:
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
             "keepalives_count": 3, "tcp_user_timeout": STATEMENT_SECONDS * 1000})
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS)
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, **alone)
     engine = create_engine(url, connect_args={"timeout": BUSY_SECONDS, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -99,6 +107,9 @@ def _make_engine(url: str) -> Engine:
         cur.close()
         # Take over BEGIN from pysqlite so that writers can ask for BEGIN IMMEDIATE.
         dbapi_conn.isolation_level = None
+
+    if autocommit:  # pysqlite without BEGIN runs each statement in a transaction of its own
+        return engine
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
