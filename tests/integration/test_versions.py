@@ -328,7 +328,8 @@ def test_a_prediction_still_reads_the_database_once(stack, client, split, monkey
     def seen(conn, cursor, statement, *_):
         statements.append(statement)
 
-    event.listen(stack.store.engine, "before_cursor_execute", seen)
+    for engine in stack.store.engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         for headers in ({}, {PIN: "3"}):
             statements.clear()
@@ -336,4 +337,5 @@ def test_a_prediction_still_reads_the_database_once(stack, client, split, monkey
             selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
             assert len(selects) == 1, statements
     finally:
-        event.remove(stack.store.engine, "before_cursor_execute", seen)
+        for engine in stack.store.engines:
+            event.remove(engine, "before_cursor_execute", seen)

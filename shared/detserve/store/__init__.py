@@ -46,6 +46,11 @@ class Store:
         with self._statements.connect() as conn:
             return conn.execute(statement, params or {}).first()
 
+    @property
+    def engines(self) -> tuple[Engine, Engine]:
+        """Every engine this store runs statements on (the second: Store.first's reads)."""
+        return self.engine, self._statements
+
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
         if self.url.startswith("sqlite:///"):
