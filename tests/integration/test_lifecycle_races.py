@@ -200,13 +200,19 @@ def _deploy_in_background(world: Any, host: ModelHost, sid: str) -> threading.Th
     return thread
 
 
-def test_stop_while_deploying_leaves_no_model_cached(world):
-    # given a deploy whose model takes a while to load
+def _slow_deploy_under_way(world: Any) -> tuple[ModelHost, Any, str, threading.Thread]:
+    """A service (auto stop off) Deploying, its model a while from loaded."""
     host, v = world.host(), world.version()
     sid = _create(world, v, enabled=False)
     SlowBackend.load_delay = 0.6
     thread = _deploy_in_background(world, host, sid)
     time.sleep(0.2)
+    return host, v, sid, thread
+
+
+def test_stop_while_deploying_leaves_no_model_cached(world):
+    # given a deploy whose model takes a while to load
+    host, v, sid, thread = _slow_deploy_under_way(world)
     # when the service is stopped while it loads (the unload finds nothing loaded yet)
     assert deployments.stop(world.rt, sid)
     thread.join(timeout=20)
@@ -218,11 +224,7 @@ def test_stop_while_deploying_leaves_no_model_cached(world):
 
 def test_auto_stop_changed_while_deploying_is_kept(world):
     # given a service deployed with auto stop off, whose model takes a while to load
-    host, v = world.host(), world.version()
-    sid = _create(world, v, enabled=False)
-    SlowBackend.load_delay = 0.6
-    thread = _deploy_in_background(world, host, sid)
-    time.sleep(0.2)
+    host, v, sid, thread = _slow_deploy_under_way(world)
     # when auto stop is switched on while it is Deploying
     changed = deployments.update_auto_stop(world.rt, sid, {"enabled": True, "hours": 2})
     assert changed.status == status.DEPLOYING
