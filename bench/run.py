@@ -20,6 +20,9 @@ so the host's speed drifting between windows (it does, by 10% on our shared 2-co
 cancels out instead of landing on one side. After each route window the bench waits until the
 server has answered what wrk left queued (`settle`): otherwise that backlog (at c=16 most of a
 second of both cores) runs inside the next window and slows whoever measures there.
+Each route window also reads, from /proc, the CPU time the server's processes spent per image,
+by part (HTTP, worker, Redis, scheduler), beside the ceiling's own: at saturation throughput is
+CPU per image, and that figure is far steadier than images/s, so it says where a gap comes from.
 """
 
 from __future__ import annotations
@@ -109,17 +112,59 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def run_wrk(url: str, script: Path, concurrency: int, seconds: float) -> dict[str, float]:
+def run_wrk(url: str, script: Path, concurrency: int, seconds: float,
+            server: int | None = None) -> dict[str, float]:
+    """wrk's figures; with `server` (the pid at the root of the server's processes) also the CPU
+    time the server spent per image, in total and by component (cpu_ms_<component>)."""
+    before = tree_cpu(server) if server else {}
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency",
                           "--timeout", "30s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
+    after = tree_cpu(server) if server else {}
     if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"wrk saw failed requests:\n{out}")
     lat = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
     if len(lat) != 2:
         raise SystemExit(f"could not read wrk's latency distribution:\n{out}")
-    return {"images_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-            "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"])}
+    result = {"images_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+              "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"])}
+    if server:
+        answered = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        spent = {part: after.get(part, 0.0) - before.get(part, 0.0) for part in after}
+        result["cpu_ms"] = 1000 * sum(spent.values()) / answered
+        result.update({f"cpu_ms_{part}": 1000 * t / answered for part, t in sorted(spent.items())})
+    return result
+
+
+# which part of a server a process is, by its command line
+PARTS = (("redis-server", "redis"), ("detserve_worker", "worker"),
+         ("detserve_scheduler", "scheduler"), ("gunicorn", "http"))
+
+
+def tree_cpu(root: int) -> dict[str, float]:
+    """CPU seconds used so far by `root` and every process below it, summed by part (PARTS;
+    anything else is "other"), from /proc. A process that ended between two readings drops out
+    of the second: the servers here start none while they are measured."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # it ended while we looked
+            continue
+        part = next((name for key, name in PARTS if key in cmd), "other")
+        procs[int(entry)] = (int(stat[1]), (int(stat[11]) + int(stat[12])) / tick, part)
+    totals: dict[str, float] = {}
+    for pid, (_, seconds, part) in procs.items():
+        up = pid
+        while up in procs and up != root:
+            up = procs[up][0]
+        if up == root:
+            totals[part] = totals.get(part, 0.0) + seconds
+    return totals
 
 
 def run_ceiling(detector: Reference, image: bytes, concurrency: int, seconds: float,
@@ -135,16 +180,18 @@ def run_ceiling(detector: Reference, image: bytes, concurrency: int, seconds: fl
                 pool.submit(detector, image).result()
                 with lock:
                     latencies.append((time.perf_counter() - t0) * 1000)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         threads = [threading.Thread(target=client) for _ in range(concurrency)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
     latencies.sort()
     return {"images_s": len(latencies) / elapsed, "p50_ms": latencies[len(latencies) // 2],
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+            "cpu_ms": 1000 * cpu / len(latencies)}
 
 
 def run_paired(url: str, key: str, detector: Reference, image: bytes, seconds: float) -> dict[str, float]:
@@ -203,36 +250,41 @@ def _read_response(sock: socket.socket) -> bool:
     return re.search(rb"(?i)\r\nconnection:\s*close", head) is None
 
 
-def settle(url: str, key: str, image: bytes) -> None:
+def settle(url: str, key: str, image: bytes, workers: int) -> None:
     """Wait until the server has answered what wrk left queued when its window closed.
 
     wrk stops waiting at the end of its window, but the server still answers the requests it had
-    already taken (at c=16, about 14 of them: most of a second of both cores). One more request
-    through the same route waits its turn behind them (the lane and the listen backlog are
-    first in, first out), so the next window, whoever's it is, starts on an idle machine."""
-    requests.post(url, headers={"X-Service-Key": key}, timeout=120,
-                  files={"images": ("bench.jpg", image, "image/jpeg")}).raise_for_status()
+    already taken (at c=16, about 14 of them: most of a second of both cores). One request per
+    model thread, sent together through the same route, waits its turn behind them (the lane and
+    the listen backlog are first in, first out); when the last is answered every thread is idle,
+    so the next window, whoever's it is, starts on an idle machine."""
+    def one(_: int) -> None:
+        requests.post(url, headers={"X-Service-Key": key}, timeout=120,
+                      files={"images": ("bench.jpg", image, "image/jpeg")}).raise_for_status()
+
+    with cf.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, range(workers)))
 
 
-def measure(servers: list[tuple[str, str]], script: Path, key: str, detector: Reference,
+def measure(servers: list[tuple[str, str, int]], script: Path, key: str, detector: Reference,
             image: bytes, args: argparse.Namespace, workers: int) -> dict[str, dict[int, dict[str, Any]]]:
-    """Each server (name, url) against the ceiling at each concurrency, paired at c=1.
+    """Each server (name, url, root pid) against the ceiling at each concurrency, paired at c=1.
 
     Windows alternate: for each repetition every server's route window is followed by a ceiling
     window of its own, and the servers take turns going first. Each figure is the median over the
     repetitions; a ratio is the median of per-pair ratios. With a second server (the plain-Flask
     floor) its p99 is compared repetition by repetition too: both were measured minutes apart at
     most, on the same machine in the same state, so the host's drift cancels out of that ratio."""
-    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name, _ in servers}
+    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name, *_ in servers}
     for c in (int(v) for v in args.concurrency.split(",")):
-        route: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
-        ceiling: dict[str, list[dict[str, float]]] = {name: [] for name, _ in servers}
+        route: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
+        ceiling: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in servers}
         for rep in range(args.reps):
-            for name, url in (servers if rep % 2 == 0 else servers[::-1]):
-                route[name].append(run_wrk(url, script, c, args.seconds))
-                settle(url, key, image)
+            for name, url, pid in (servers if rep % 2 == 0 else servers[::-1]):
+                route[name].append(run_wrk(url, script, c, args.seconds, server=pid))
+                settle(url, key, image, workers)
                 ceiling[name].append(run_ceiling(detector, image, c, args.seconds, workers))
-        for name, _ in servers:
+        for name, *_ in servers:
             ratios = sorted(r["images_s"] / k["images_s"]
                             for r, k in zip(route[name], ceiling[name], strict=True))
             results[name][c] = {"route": median_of(route[name]),
@@ -241,7 +293,7 @@ def measure(servers: list[tuple[str, str]], script: Path, key: str, detector: Re
                                 "ratio_range": [ratios[0], ratios[-1]]}
             report(name, c, results[name][c])
         if len(servers) > 1:
-            (ours, _), (floor, _) = servers[0], servers[1]
+            ours, floor = servers[0][0], servers[1][0]
             tails = sorted(a["p99_ms"] / b["p99_ms"]
                            for a, b in zip(route[ours], route[floor], strict=True))
             results[ours][c]["p99_vs_floor"] = {"ratio": statistics.median(tails),
@@ -249,7 +301,7 @@ def measure(servers: list[tuple[str, str]], script: Path, key: str, detector: Re
             print(f"{ours:14} c={c:<3} p99 / {floor}'s p99, paired by repetition: "
                   f"{statistics.median(tails):.3f} [{tails[0]:.3f}-{tails[-1]:.3f}]", flush=True)
         if c == 1:
-            for name, url in servers:
+            for name, url, _ in servers:
                 paired = run_paired(url, key, detector, image, args.seconds * args.reps)
                 results[name][c]["paired"] = paired
                 print(f"{name:14} c=1   paired: route p50 {paired['route_p50_ms']:.1f} ms, "
@@ -259,8 +311,9 @@ def measure(servers: list[tuple[str, str]], script: Path, key: str, detector: Re
 
 
 @contextlib.contextmanager
-def plain_flask(tmp: Path, model: bytes, labels: list[str]) -> Iterator[str]:
-    """The floor: bench/plain_flask.py under gunicorn, 2 sync workers; yields its URL."""
+def plain_flask(tmp: Path, model: bytes, labels: list[str]) -> Iterator[tuple[str, int]]:
+    """The floor: bench/plain_flask.py under gunicorn, 2 sync workers; yields its URL and the
+    pid of its gunicorn."""
     (tmp / "reference.onnx").write_bytes(model)
     port = free_port()
     env = {**os.environ, "BENCH_MODEL": str(tmp / "reference.onnx"),
@@ -279,7 +332,7 @@ def plain_flask(tmp: Path, model: bytes, labels: list[str]) -> Iterator[str]:
                 if proc.poll() is not None or time.time() > deadline:
                     raise SystemExit("the plain Flask reference did not start") from None
                 time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/predict"
+        yield f"http://127.0.0.1:{port}/predict", proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -374,13 +427,14 @@ def main() -> None:
                                 max_det=int(served.output.get("max_detections", 100)))
                 check_route(url, key, image, ref, served.labels)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
-                servers = [(name, url)]
+                servers = [(name, url, proc.pid)]
                 with contextlib.ExitStack() as floor:
                     if args.reference:  # up beside detserve for the whole run: windows alternate
-                        ref_url = floor.enter_context(plain_flask(Path(tmp), model, served.labels))
+                        ref_url, ref_pid = floor.enter_context(
+                            plain_flask(Path(tmp), model, served.labels))
                         check_route(ref_url, key, image, ref, served.labels)
                         run_wrk(ref_url, script, 4, 3)
-                        servers.append((f"{name} (plain Flask)", ref_url))
+                        servers.append((f"{name} (plain Flask)", ref_url, ref_pid))
                     results.update(measure(servers, script, key, ref, image, args,
                                            settings.worker_concurrency))
         finally:
@@ -405,6 +459,9 @@ def report(name: str, c: int, r: dict[str, Any]) -> None:
           f"{r['ratio']:.3f} [{r['ratio_range'][0]:.3f}-{r['ratio_range'][1]:.3f}]  "
           f"p50 +{route['p50_ms'] - ceil['p50_ms']:.1f} ms",
           flush=True)
+    parts = ", ".join(f"{k[7:]} {v:.2f}" for k, v in route.items() if k.startswith("cpu_ms_"))
+    print(f"{'':14} c={c:<3} CPU per image: route {route['cpu_ms']:.2f} ms ({parts}), ceiling "
+          f"{ceil['cpu_ms']:.2f} ms: {route['cpu_ms'] - ceil['cpu_ms']:+.2f} ms", flush=True)
 
 
 if __name__ == "__main__":
