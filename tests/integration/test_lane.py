@@ -232,3 +232,24 @@ def test_a_shared_directory_that_cannot_take_a_port_is_a_503(server, make_client
     with pytest.raises(Unavailable, match="shared directory") as exc:
         client.call("cpu", 1, "svc", b"img")
     assert exc.value.status_code == 503
+
+
+def test_concurrent_callers_are_answered_side_by_side(server, shm_dir, make_client):
+    # a lane of two threads has two frames in the model at once, not one after the other
+    both_in = threading.Barrier(2)
+
+    def meet(version_id: int, image: bytes, options: dict[str, Any]) -> dict[str, Any]:
+        both_in.wait(10)  # BrokenBarrierError (a 503 answer) unless the other frame is here too
+        return handle(version_id, image, options)
+
+    lane = LaneConsumer(server.url, "cpu", meet, threads=2, shm_dir=shm_dir)
+    lane.start()
+    client = make_client(15, shm_dir)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            bodies = list(pool.map(lambda i: client.call("cpu", 1, "svc", f"c{i}".encode()).body,
+                                   range(2)))
+    finally:
+        lane.stop()
+        lane.join()
+    assert sorted(json.loads(b)["detection_classes"][0] for b in bodies) == ["c0", "c1"]
