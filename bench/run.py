@@ -427,6 +427,7 @@ def main() -> None:
                                 max_det=int(served.output.get("max_detections", 100)))
                 check_route(url, key, image, ref, served.labels)
                 run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
+                settle(url, key, image, settings.worker_concurrency)
                 servers = [(name, url, proc.pid)]
                 with contextlib.ExitStack() as floor:
                     if args.reference:  # up beside detserve for the whole run: windows alternate
@@ -434,6 +435,7 @@ def main() -> None:
                             plain_flask(Path(tmp), model, served.labels))
                         check_route(ref_url, key, image, ref, served.labels)
                         run_wrk(ref_url, script, 4, 3)
+                        settle(ref_url, key, image, settings.worker_concurrency)
                         servers.append((f"{name} (plain Flask)", ref_url, ref_pid))
                     results.update(measure(servers, script, key, ref, image, args,
                                            settings.worker_concurrency))
