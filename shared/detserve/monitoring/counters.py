@@ -177,7 +177,7 @@ def summary(client: redis.Redis, service_id: str, now: float | None = None) -> d
         stats, lats = replies[2 * i], [float(x) for x in replies[2 * i + 1]]
         req, fail = int(stats.get(b"requests", 0)), int(stats.get(b"failures", 0))
         requests, failures = requests + req, failures + fail
-        minute = Counter({_text(k): int(v) for k, v in stats.items() if _text(k).startswith("v")})
+        minute = version_counts(stats)
         versions.update(minute)
         everything.extend(lats)
         series.append({"minute": time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(m)),
@@ -191,6 +191,12 @@ def summary(client: redis.Redis, service_id: str, now: float | None = None) -> d
 
 
 _VERSION_FIELD = re.compile(r"v(\d+):(?:requests|failures)")
+
+
+def version_counts(stats: dict[Any, Any]) -> Counter[str]:
+    """The `v<N>:...` counts of a Redis hash, by field name."""
+    named = ((_text(k), v) for k, v in stats.items())
+    return Counter({k: int(v) for k, v in named if k.startswith("v")})
 
 
 def by_version(fields: Counter[str]) -> list[dict[str, int]]:
@@ -248,8 +254,7 @@ class ServiceMetrics:
             latency.add_metric([sid], buckets, float(r.get(b"latency_sum_ms", 0)) / 1000)
             inference.add_metric([sid], int(r.get(b"inference_count", 0)),
                                  float(r.get(b"inference_sum_ms", 0)) / 1000)
-            for v in by_version(Counter({_text(k): int(n) for k, n in r.items()
-                                         if _text(k).startswith("v")})):
+            for v in by_version(version_counts(r)):
                 version_requests.add_metric([sid, str(v["version"])], v["requests"])
                 version_failures.add_metric([sid, str(v["version"])], v["failures"])
         yield from (requests, failures, latency, inference, version_requests, version_failures)

@@ -150,23 +150,23 @@ def latest(client: redis.Redis) -> list[dict[str, Any]]:
     return [json.loads(t) for t in texts if t]
 
 
-def for_version(client: redis.Redis, version_id: int | Iterable[int]) -> list[dict[str, Any]]:
-    """Per worker holding the version (or any of the versions: a service may serve several, and
-    then its model's memory is theirs together): its figures now and a series over the last hour."""
-    wanted = [str(version_id)] if isinstance(version_id, int) else [str(v) for v in version_id]
+def for_version(client: redis.Redis, version_ids: Iterable[int]) -> list[dict[str, Any]]:
+    """Per worker holding any of the versions (a service may serve several, and then its model's
+    memory is theirs together): its figures now and a series over the last hour."""
+    wanted = [str(v) for v in version_ids]
     rows = []
     for figures in latest(client):
         held = [figures["models"][v] for v in wanted if v in figures["models"]]
         if not held:
             continue
         device = [m["device_bytes"] for m in held if m["device_bytes"] is not None]
-        model = {"bytes": sum(m["bytes"] for m in held), "device_bytes": sum(device) if device else None}
+        model_bytes = sum(m["bytes"] for m in held)
         texts = client.zrangebyscore(SERIES.format(worker=figures["worker"]),
                                      time.time() - WINDOW_SECONDS, "+inf")
         rows.append({"worker": figures["worker"], "flavor": figures["flavor"],
                      "pid": figures["pid"], "at": figures["at"],
                      "cpu_seconds": figures["cpu_seconds"], "rss_bytes": figures["rss_bytes"],
-                     "model_bytes": model["bytes"], "model_device_bytes": model["device_bytes"],
+                     "model_bytes": model_bytes, "model_device_bytes": sum(device) if device else None,
                      "gpu": figures["gpu"], "series": series([json.loads(_text(t)) for t in texts])})
     return rows
 

@@ -204,10 +204,6 @@ def events(rt: Runtime, service_id: str) -> list[ServiceEvent]:
         ))
 
 
-def version_in_use(rt: Runtime, version_id: int) -> bool:
-    return version_id in versions_in_use(rt)
-
-
 def versions_in_use(rt: Runtime) -> set[int]:
     """The versions of every Deploying or Running service, those of a change of versions being
     loaded included: what workers should keep loaded."""

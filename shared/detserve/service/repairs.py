@@ -41,9 +41,10 @@ def finish_stuck_stops(rt: Runtime, older_than: float) -> list[str]:
                                        Service.traffic, Service.pending_traffic).where(
             Service.status == status.STOPPING, Service.updated_at < cutoff)).all()
     finished = []
+    in_use = versions_in_use(rt)  # stopping rows are not active: the same for every row
     for row in stuck:
         sid = row.id
-        for version_id in served_ids(row) - versions_in_use(rt):
+        for version_id in served_ids(row) - in_use:
             rt.bus.unload(version_id)  # the step that may not have happened
         try:
             status.transition(rt.store, sid, status.STOPPING, status.STOPPED, reason="stop_repaired")

@@ -29,6 +29,7 @@ from detserve.errors import (
     ValidationFailed,
     VersionNotDeployable,
     for_caller,
+    quoted,
 )
 from detserve.service import status, traffic
 from detserve.service.deployments import Runtime, get_service, versions_in_use
@@ -53,12 +54,12 @@ def resolve(rt: Runtime, model: str, items: Sequence[Mapping[str, Any]]) -> list
     missing = [n for n in numbers if n not in rows]
     if missing:
         have = ", ".join(str(n) for n in sorted(rows)) or "none"
-        problem = (f"model {model!r} has no version {', '.join(map(str, missing))}; "
+        problem = (f"model {quoted(model)} has no version {', '.join(map(str, missing))}; "
                    f"its versions are: {have}")
         raise ValidationFailed(f"invalid versions ({problem})", fields={"versions": [problem]})
     for n in numbers:
         if rows[n].status != status.SUCCESSFUL:
-            raise VersionNotDeployable(f"version {n} of {model!r} is {rows[n].status}; only "
+            raise VersionNotDeployable(f"version {n} of {quoted(model)} is {rows[n].status}; only "
                                        "Successful versions can be deployed")
     return [{"version": int(i["version"]), "version_id": rows[int(i["version"])].id,
              "weight": int(i["weight"])} for i in items]
@@ -181,7 +182,7 @@ def _locked(session: Any, service_id: str, missing_ok: bool = False) -> Any:
     """The service's row for a read-then-write (SQLite writers hold the lock from BEGIN)."""
     row = session.scalar(select(Service).where(Service.id == service_id).with_for_update())
     if row is None and not missing_ok:
-        raise NotFound(f"no service {service_id!r}")
+        raise NotFound(f"no service {quoted(service_id)}")
     return row
 
 

@@ -21,7 +21,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from detserve.errors import ValidationFailed
+from detserve.errors import ValidationFailed, quoted
 
 PIN_HEADER = "X-Model-Version"  # on the request: the version to use; on the answer: the one used
 MAX_VERSIONS = 3
@@ -95,7 +95,7 @@ def _pinned(entries: Sequence[Entry], pinned: str) -> Entry:
                 return entry
         problem = f"this service does not serve version {pinned}; send {accepted}"
     else:
-        problem = f"{pinned[:20]!r} is not a version number; send {accepted}"
+        problem = f"{quoted(pinned, 20)} is not a version number; send {accepted}"
     raise ValidationFailed(f"invalid {PIN_HEADER} header ({problem})",
                            fields={PIN_HEADER: [problem]})
 

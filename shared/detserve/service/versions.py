@@ -55,7 +55,7 @@ def delete_version(rt: Runtime, model: str, version: int) -> None:
         sharing = [svc.id for svc in session.scalars(select(Service).where(
             Service.version_id != row.id, Service.traffic.is_not(None))) if row.id in served_ids(svc)]
         if sharing:
-            raise VersionInUse(f"version {version} of {model!r} is one of the versions of "
+            raise VersionInUse(f"version {version} of {quoted(model)} is one of the versions of "
                                f"service(s) {', '.join(sharing)}; change their versions first")
         for svc in session.scalars(select(Service).where(Service.version_id == row.id)):
             session.delete(svc)

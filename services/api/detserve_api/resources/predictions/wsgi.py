@@ -42,6 +42,11 @@ PIN = "HTTP_" + traffic.PIN_HEADER.upper().replace("-", "_")  # the caller's pin
 ROUTES = re.compile(r"/v1/services/(?P<service_id>[^/]+)/(?P<action>predict|predictions)\Z")
 
 
+def predict_path(service_id: str) -> str:
+    """The sync route of a service, as ROUTES matches it."""
+    return f"/v1/services/{service_id}/predict"
+
+
 class MethodNotAllowed(DetserveError):
     status_code = 405
     code = "method_not_allowed"

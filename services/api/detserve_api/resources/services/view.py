@@ -12,6 +12,7 @@ from detserve.service import idle, progress, traffic
 from detserve.service.status import RUNNING
 from detserve.store import Service, utcnow
 from detserve_api import context
+from detserve_api.resources.predictions.wsgi import predict_path
 
 
 def iso(value: datetime | None) -> str | None:
@@ -50,7 +51,7 @@ def service_view(service: Service, settings: Settings,
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
         "error": service.error,
-        "predict_url": f"{request.url_root}v1/services/{service.id}/predict",
+        "predict_url": request.url_root.rstrip("/") + predict_path(service.id),
         **progress.view(deploy, service.status),
     }
 
