@@ -343,8 +343,13 @@ async function remove(svc) {
 
 // ---- one service: test, snippets, events, monitoring ---------------------------------------
 
+// The service whose detail is open, from the last list (operate.js and versions.js use it too).
+function selectedService() {
+  return state.services.find((s) => s.id === state.selected) || null;
+}
+
 async function loadDetail() {
-  const svc = state.services.find((s) => s.id === state.selected);
+  const svc = selectedService();
   if (!svc) { $("#detail").hidden = true; return; }
   $("#detail").hidden = false;
   $("#detail-name").textContent = svc.name;
@@ -383,7 +388,7 @@ function renderSnippets(svc) {
 }
 
 async function rotateKey() {
-  const svc = state.services.find((s) => s.id === state.selected);
+  const svc = selectedService();
   if (!svc || !confirm("Make a new key? The old key stops working at once.")) return;
   try {
     const { key } = await api(`/v1/services/${svc.id}/key`, { method: "POST" });

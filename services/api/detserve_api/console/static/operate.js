@@ -1,6 +1,6 @@
 // detserve console, operating a service: stopping-soon banner, countdown and Extend, the Logs
 // tab (live while open), resource-usage charts (inline SVG), the idle stop in the deploy dialog.
-// Uses app.js's globals ($, el, api, state, describe, duration); loaded after it.
+// Uses app.js's globals ($, el, api, describe, duration, selectedService); loaded after it.
 "use strict";
 
 const ops = { tab: "overview", lastUsage: 0, usageFor: null, logBusy: false, usageBusy: false };
@@ -13,10 +13,6 @@ function idleFromDialog() {
     throw new Error("Stop when idle must be a whole number of minutes from 1 to 1440.");
   }
   return { idle_minutes: minutes };
-}
-
-function selectedService() {
-  return state.services.find((s) => s.id === state.selected) || null;
 }
 
 // ---- banner, countdown, Extend --------------------------------------------------------------

@@ -1,13 +1,9 @@
 // detserve console, a service's versions and traffic weights: what serves now, a change being
 // loaded (or one that failed), and a small form to change them (PATCH /v1/services/{id}).
-// Uses app.js's globals ($, el, api, state, describe, splitText); loaded after it.
+// Uses app.js's globals ($, el, api, describe, splitText, selectedService); loaded after it.
 "use strict";
 
 const vers = { editingFor: null };
-
-function selectedSvc() {
-  return state.services.find((s) => s.id === state.selected) || null;
-}
 
 function renderVersions(svc) {
   $("#versions-current").textContent = splitText(svc);
@@ -50,7 +46,7 @@ function showSum() {
 }
 
 function openForm() {
-  const svc = selectedSvc();
+  const svc = selectedService();
   if (!svc) return;
   vers.editingFor = svc.id;
   const current = svc.versions || [{ version: svc.version, weight: 100 }];
@@ -67,7 +63,7 @@ function closeForm() {
 
 async function saveVersions(event) {
   event.preventDefault();
-  const svc = selectedSvc();
+  const svc = selectedService();
   if (!svc) return;
   $("#versions-error").textContent = "";
   try {
@@ -89,6 +85,6 @@ $("#versions-add").addEventListener("click", () => {
 });
 $("#versions-form").addEventListener("submit", saveVersions);
 setInterval(() => {
-  const svc = selectedSvc();
+  const svc = selectedService();
   if (svc && !$("#detail").hidden) renderVersions(svc);
 }, 1000);
