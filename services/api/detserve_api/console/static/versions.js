@@ -1,6 +1,7 @@
 // detserve console, a service's versions and traffic weights: what serves now, a change being
 // loaded (or one that failed), and a small form to change them (PATCH /v1/services/{id}).
-// Uses app.js's globals ($, el, api, describe, splitText, selectedService); loaded after it.
+// Uses app.js's globals ($, el, api, describe, selectedService, splitOf, splitText, weightsText);
+// loaded after it.
 "use strict";
 
 const vers = { editingFor: null };
@@ -11,7 +12,7 @@ function renderVersions(svc) {
   const note = $("#versions-pending");
   note.hidden = !pending;
   if (pending) {
-    const asked = pending.versions.map((v) => `v${v.version} ${v.weight}%`).join(" · ");
+    const asked = weightsText(pending.versions);
     note.className = pending.state === "failed" ? "error" : "hint";
     note.textContent = pending.state === "failed"
       ? `The change to ${asked} failed; the versions above keep serving. ${pending.error || ""}`
@@ -49,7 +50,7 @@ function openForm() {
   const svc = selectedService();
   if (!svc) return;
   vers.editingFor = svc.id;
-  const current = svc.versions || [{ version: svc.version, weight: 100 }];
+  const current = splitOf(svc);
   $("#versions-table tbody").replaceChildren(...current.map((v) => versionRow(v.version, v.weight)));
   $("#versions-error").textContent = "";
   $("#versions-form").hidden = false;
