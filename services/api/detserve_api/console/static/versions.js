@@ -1,7 +1,7 @@
 // detserve console, a service's versions and traffic weights: what serves now, a change being
 // loaded (or one that failed), and a small form to change them (PATCH /v1/services/{id}).
 // Uses app.js's globals ($, el, api, describe, selectedService, splitOf, splitText, weightsText);
-// loaded after it.
+// loaded after it. operateTick (operate.js) redraws the panel with the rest of the detail.
 "use strict";
 
 const vers = { editingFor: null };
@@ -85,7 +85,3 @@ $("#versions-add").addEventListener("click", () => {
   showSum();
 });
 $("#versions-form").addEventListener("submit", saveVersions);
-setInterval(() => {
-  const svc = selectedService();
-  if (svc && !$("#detail").hidden) renderVersions(svc);
-}, 1000);
