@@ -312,11 +312,20 @@ async function loadServices() {
   }
 }
 
+// The versions a service serves with their weights (its one version at 100% when none are listed).
+function splitOf(svc) {
+  return svc.versions || [{ version: svc.version, weight: 100 }];
+}
+
+// "v3 90% · v4 10%": a split, each version with its weight
+function weightsText(versions) {
+  return versions.map((v) => `v${v.version} ${v.weight}%`).join(" · ");
+}
+
 // "v3" for one version; "v3 90% · v4 10%" for a service serving several (weights)
 function splitText(svc) {
-  const versions = svc.versions || [{ version: svc.version, weight: 100 }];
-  if (versions.length === 1) return `v${versions[0].version}`;
-  return versions.map((v) => `v${v.version} ${v.weight}%`).join(" · ");
+  const versions = splitOf(svc);
+  return versions.length === 1 ? `v${versions[0].version}` : weightsText(versions);
 }
 
 async function act(svc, action) {
@@ -343,8 +352,13 @@ async function remove(svc) {
 
 // ---- one service: test, snippets, events, monitoring ---------------------------------------
 
+// The service whose detail is open, from the last list (operate.js and versions.js use it too).
+function selectedService() {
+  return state.services.find((s) => s.id === state.selected) || null;
+}
+
 async function loadDetail() {
-  const svc = state.services.find((s) => s.id === state.selected);
+  const svc = selectedService();
   if (!svc) { $("#detail").hidden = true; return; }
   $("#detail").hidden = false;
   $("#detail-name").textContent = svc.name;
@@ -383,7 +397,7 @@ function renderSnippets(svc) {
 }
 
 async function rotateKey() {
-  const svc = state.services.find((s) => s.id === state.selected);
+  const svc = selectedService();
   if (!svc || !confirm("Make a new key? The old key stops working at once.")) return;
   try {
     const { key } = await api(`/v1/services/${svc.id}/key`, { method: "POST" });

@@ -1,6 +1,7 @@
 // detserve console, operating a service: stopping-soon banner, countdown and Extend, the Logs
 // tab (live while open), resource-usage charts (inline SVG), the idle stop in the deploy dialog.
-// Uses app.js's globals ($, el, api, state, describe, duration); loaded after it.
+// Uses app.js's globals ($, el, api, describe, duration, selectedService); loaded after it. Its
+// tick also redraws the versions panel (renderVersions, versions.js): it has no timer of its own.
 "use strict";
 
 const ops = { tab: "overview", lastUsage: 0, usageFor: null, logBusy: false, usageBusy: false };
@@ -13,10 +14,6 @@ function idleFromDialog() {
     throw new Error("Stop when idle must be a whole number of minutes from 1 to 1440.");
   }
   return { idle_minutes: minutes };
-}
-
-function selectedService() {
-  return state.services.find((s) => s.id === state.selected) || null;
 }
 
 // ---- banner, countdown, Extend --------------------------------------------------------------
@@ -165,6 +162,7 @@ async function operateTick() {
   const svc = selectedService();
   if (!svc || $("#detail").hidden || $("#app").hidden) return;
   renderStopping(svc);
+  renderVersions(svc);  // a change loaded or failed, or another service selected
   if (ops.tab === "logs") await loadLogs();
   else if (ops.usageFor !== svc.id || Date.now() - ops.lastUsage > 4000) await loadUsage(svc);
 }

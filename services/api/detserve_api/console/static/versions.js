@@ -1,13 +1,10 @@
 // detserve console, a service's versions and traffic weights: what serves now, a change being
 // loaded (or one that failed), and a small form to change them (PATCH /v1/services/{id}).
-// Uses app.js's globals ($, el, api, state, describe, splitText); loaded after it.
+// Uses app.js's globals ($, el, api, describe, selectedService, splitOf, splitText, weightsText);
+// loaded after it. operateTick (operate.js) redraws the panel with the rest of the detail.
 "use strict";
 
 const vers = { editingFor: null };
-
-function selectedSvc() {
-  return state.services.find((s) => s.id === state.selected) || null;
-}
 
 function renderVersions(svc) {
   $("#versions-current").textContent = splitText(svc);
@@ -15,7 +12,7 @@ function renderVersions(svc) {
   const note = $("#versions-pending");
   note.hidden = !pending;
   if (pending) {
-    const asked = pending.versions.map((v) => `v${v.version} ${v.weight}%`).join(" · ");
+    const asked = weightsText(pending.versions);
     note.className = pending.state === "failed" ? "error" : "hint";
     note.textContent = pending.state === "failed"
       ? `The change to ${asked} failed; the versions above keep serving. ${pending.error || ""}`
@@ -50,10 +47,10 @@ function showSum() {
 }
 
 function openForm() {
-  const svc = selectedSvc();
+  const svc = selectedService();
   if (!svc) return;
   vers.editingFor = svc.id;
-  const current = svc.versions || [{ version: svc.version, weight: 100 }];
+  const current = splitOf(svc);
   $("#versions-table tbody").replaceChildren(...current.map((v) => versionRow(v.version, v.weight)));
   $("#versions-error").textContent = "";
   $("#versions-form").hidden = false;
@@ -67,7 +64,7 @@ function closeForm() {
 
 async function saveVersions(event) {
   event.preventDefault();
-  const svc = selectedSvc();
+  const svc = selectedService();
   if (!svc) return;
   $("#versions-error").textContent = "";
   try {
@@ -88,7 +85,3 @@ $("#versions-add").addEventListener("click", () => {
   showSum();
 });
 $("#versions-form").addEventListener("submit", saveVersions);
-setInterval(() => {
-  const svc = selectedSvc();
-  if (svc && !$("#detail").hidden) renderVersions(svc);
-}, 1000);
