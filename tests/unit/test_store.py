@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, event, select, text
 
 from detserve.errors import StaleTransition
 from detserve.service import status
@@ -208,3 +212,83 @@ def test_a_short_run_accrues_its_own_time_and_a_stop_before_the_start_none(store
                       billing_until=utcnow() - timedelta(seconds=30))
     with store.session(readonly=True) as session:
         assert session.get(Service, sid).running_seconds == before
+
+
+@contextmanager
+def sent(store: Store) -> Iterator[list[str]]:
+    """What the store's connections send the database meanwhile, read below SQLAlchemy and the
+    driver (SQLite's trace, libpq's on PostgreSQL), so that a BEGIN or ROLLBACK of the driver's
+    own shows too; on PostgreSQL the list fills when the block ends."""
+    statements: list[str] = []
+    sqlite = store.engine.dialect.name == "sqlite"
+    traced: list[Any] = []
+    log = tempfile.TemporaryFile("w+")
+
+    def watch(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        if any(dbapi_conn is seen for seen in traced):
+            return
+        traced.append(dbapi_conn)
+        if sqlite:
+            dbapi_conn.set_trace_callback(statements.append)
+        else:
+            dbapi_conn.pgconn.trace(log.fileno())
+
+    event.listen(store.engine, "checkout", watch)
+    try:
+        yield statements
+    finally:
+        event.remove(store.engine, "checkout", watch)
+        for dbapi_conn in traced:
+            dbapi_conn.set_trace_callback(None) if sqlite else dbapi_conn.pgconn.untrace()
+        log.seek(0)
+        # a line: time, F (from the client) or B, length, message type, its text
+        statements += [line.split("\t", 4)[4].strip() for line in log
+                       if line.split("\t")[1:2] == ["F"] and line.split("\t")[3] in ("Query", "Parse")]
+        log.close()
+
+
+def named(statements: list[str], word: str) -> list[str]:
+    return [s for s in statements if re.search(rf"\b{word}\b", s, re.IGNORECASE)]
+
+
+def test_first_reads_on_the_engines_pool_in_one_statement(store):
+    # given a session's connection back in the pool
+    sid = add_service(store)
+    pool, used = store.engine.pool, []
+
+    def borrowed(conn, *_):
+        used.append((conn.engine.pool is pool, pool.checkedout()))
+
+    # when the hot read runs
+    event.listen(store.engine, "before_cursor_execute", borrowed)
+    try:
+        with sent(store) as statements:
+            row = store.first(select(Service.status).where(Service.id == sid))
+    finally:
+        event.remove(store.engine, "before_cursor_execute", borrowed)
+    # then it ran on a connection of the engine's own pool, which still holds no other
+    assert row.status == status.DEPLOYING
+    assert used == [(True, 1)] and (pool.checkedout(), pool.checkedin()) == (0, 1)
+    # and it sent its one SELECT with no transaction around it
+    assert len(named(statements, "SELECT")) == 1, statements
+    assert [s for w in ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT") for s in named(statements, w)] == []
+
+
+def test_a_session_after_first_on_its_connection_still_runs_in_a_transaction(store):
+    # given the pool's one connection, last used by the hot read in AUTOCOMMIT
+    sid = add_service(store)
+    store.first(select(Service.status).where(Service.id == sid))
+    assert store.engine.pool.checkedin() == 1
+    # when a session on that connection writes and then fails
+    with sent(store) as statements, pytest.raises(RuntimeError):
+        with store.session() as session:
+            session.get(Service, sid).status = status.RUNNING
+            session.flush()
+            raise RuntimeError("after the UPDATE was sent")
+    # then the write ran inside a transaction, and the rollback undid it
+    assert named(statements, "BEGIN") and named(statements, "UPDATE"), statements
+    assert re.match(r"\W*ROLLBACK", statements[-1]), statements
+    assert store.first(select(Service.status).where(Service.id == sid)).status == status.DEPLOYING
+    if store.engine.dialect.name == "sqlite":  # BEGIN stays ours, as the connect hook set it
+        with store.engine.connect() as conn:
+            assert conn.connection.dbapi_connection.isolation_level is None

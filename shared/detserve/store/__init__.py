@@ -29,8 +29,10 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._read_engine = self.engine.execution_options(detserve_readonly=True)
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
-        # one statement needs no transaction around it: no BEGIN and no ROLLBACK per read
-        self._statements = _make_engine(url, autocommit=True)
+        # one statement needs no transaction around it: no BEGIN and no ROLLBACK per read. A
+        # proxy of the engine, not a second engine: it draws on the same pool, and each connection
+        # goes back there in transactional mode
+        self._statements = self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -45,11 +47,6 @@ class Store:
         own); None when there is none."""
         with self._statements.connect() as conn:
             return conn.execute(statement, params or {}).first()
-
-    @property
-    def engines(self) -> tuple[Engine, Engine]:
-        """Every engine this store runs statements on (the second: Store.first's reads)."""
-        return self.engine, self._statements
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -72,7 +69,6 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        self._statements.dispose()
 
 
 # Nothing waits on the database without a bound: a lock held too long, a hung or unreachable
@@ -82,15 +78,12 @@ CONNECT_SECONDS = 5
 STATEMENT_SECONDS = 15
 
 
-def _make_engine(url: str, autocommit: bool = False) -> Engine:
-    """The engine for `url`; with `autocommit`, one whose statements each stand alone (for
-    single reads: Store.first)."""
-    alone: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+def _make_engine(url: str) -> Engine:
+    """The engine for `url`."""
     if url.startswith("postgresql"):
         # connect_args' options replace the URL's own (e.g. -csearch_path=...): keep both
         given = make_url(url).query.get("options", "")
-        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, **alone,
-                             connect_args={
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, connect_args={
             "connect_timeout": CONNECT_SECONDS,
             "options": f"{given if isinstance(given, str) else ' '.join(given)} "
                        f"-c statement_timeout={STATEMENT_SECONDS * 1000} "
@@ -99,7 +92,7 @@ def _make_engine(url: str, autocommit: bool = False) -> Engine:
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
             "keepalives_count": 3, "tcp_user_timeout": STATEMENT_SECONDS * 1000})
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS, **alone)
+        return create_engine(url, pool_pre_ping=True, pool_timeout=BUSY_SECONDS)
     engine = create_engine(url, connect_args={"timeout": BUSY_SECONDS, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -111,16 +104,23 @@ def _make_engine(url: str, autocommit: bool = False) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
         # Take over BEGIN from pysqlite so that writers can ask for BEGIN IMMEDIATE.
-        dbapi_conn.isolation_level = None
+        _take_over_begin(dbapi_conn, _record)
 
-    if autocommit:  # pysqlite without BEGIN runs each statement in a transaction of its own
-        return engine
+    # SQLAlchemy ends an AUTOCOMMIT checkout (Store.first) by handing BEGIN back to pysqlite
+    event.listen(engine, "checkin", _take_over_begin)
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # Store.first: SQLite runs a lone statement as a transaction of its own
         # A writer takes the write lock up front: a read-then-write transaction that only
         # upgraded later would fail with SQLITE_BUSY instead of waiting its turn.
-        readonly = conn.get_execution_options().get("detserve_readonly", False)
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if options.get("detserve_readonly", False) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _take_over_begin(dbapi_conn: Any, _record: Any) -> None:
+    if dbapi_conn is not None:  # None: a connection invalidated on its way back
+        dbapi_conn.isolation_level = None
