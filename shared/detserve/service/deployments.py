@@ -7,6 +7,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -136,8 +137,7 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
         return False  # someone else stopped it first
     if service.stop_token:
         rt.bus.revoke(service.stop_token)
-    for version_id in served_ids(service) - versions_in_use(rt):
-        rt.bus.unload(version_id)
+    unload_unused(rt, served_ids(service))
     status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
     return True
 
@@ -222,6 +222,21 @@ def served_ids(service: Any) -> set[int]:
     if pending and pending.get("state") == "loading":
         ids |= traffic.version_ids(pending["versions"])
     return ids
+
+
+def unload_unused(rt: Runtime, version_ids: set[int], in_use: set[int] | None = None) -> None:
+    """Tell every worker to drop those of `version_ids` no active service uses (`in_use`: that
+    set, when the caller has read it already for many calls)."""
+    for version_id in version_ids - (versions_in_use(rt) if in_use is None else in_use):
+        rt.bus.unload(version_id)
+
+
+def drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] | None) -> None:
+    """Drop from this worker (`drop(version_id)`) those of `version_ids` it loaded for a deploy
+    or a change that will not happen, unless an active service uses them."""
+    if drop is not None:
+        for version_id in version_ids - versions_in_use(rt):
+            drop(version_id)
 
 
 def _promoted(service: Service) -> dict[str, Any]:
@@ -340,10 +355,8 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     try:
         status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
                           reason="deployed", error=None, **fields)
-    except StaleTransition:
-        if drop is not None:  # stopped while loading: its unload came before the models did
-            for version_id in (served_ids(service) | {version.id}) - versions_in_use(rt):
-                drop(version_id)
+    except StaleTransition:  # stopped while loading: its unload came before the models did
+        drop_unused(rt, served_ids(service) | {version.id}, drop)
         return get_service(rt, service_id).status
     send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
                                               "stop_at": service.stop_at})

@@ -32,7 +32,7 @@ from detserve.errors import (
     quoted,
 )
 from detserve.service import status, traffic
-from detserve.service.deployments import Runtime, get_service, versions_in_use
+from detserve.service.deployments import Runtime, drop_unused, get_service, unload_unused
 from detserve.store import ModelVersion, Service, utcnow
 
 log = logging.getLogger("detserve.service.rollout")
@@ -106,7 +106,7 @@ def change(rt: Runtime, service_id: str, items: Sequence[Mapping[str, Any]]) -> 
         row.updated_at = utcnow()
         running, flavor = row.status == status.RUNNING, row.flavor
     if not running:
-        _unload_unused(rt, before)
+        unload_unused(rt, before)
         return
     try:
         rt.bus.switch(service_id, flavor, token)
@@ -151,7 +151,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         message = for_caller(exc, "loading the model").message
         failed_at = f"version {current['version']}: " if current else ""
         _fail(rt, service_id, token, failed_at + message)
-        _drop_unused(rt, set(versions), drop)
+        drop_unused(rt, set(versions), drop)
         return FAILED
     with rt.store.session() as session:
         row = _locked(session, service_id, missing_ok=True)
@@ -165,7 +165,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         else:
             latest = False
     if not latest:
-        _drop_unused(rt, set(versions), drop)
+        drop_unused(rt, set(versions), drop)
         return "stale"
     log.info("now serving %s", ", ".join(f"v{e['version']}:{e['weight']}" for e in entries),
              extra={"service_id": service_id})
@@ -174,7 +174,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         timer.daemon = True  # a worker that stops first drops them anyway (keep_only)
         timer.start()
     else:
-        _unload_unused(rt, before - set(versions))
+        unload_unused(rt, before - set(versions))
     return "switched"
 
 
@@ -195,24 +195,11 @@ def _fail(rt: Runtime, service_id: str, token: str, error: str) -> None:
             row.updated_at = utcnow()
 
 
-def _unload_unused(rt: Runtime, version_ids: set[int]) -> None:
-    """Tell every worker to drop what no live service serves any more."""
-    for version_id in version_ids - versions_in_use(rt):
-        rt.bus.unload(version_id)
-
-
 def _unload_quietly(rt: Runtime, version_ids: set[int]) -> None:
     try:
-        _unload_unused(rt, version_ids)
+        unload_unused(rt, version_ids)
     except Exception as exc:  # noqa: BLE001 - a worker's next reconnect drops them (keep_only)
         log.warning("could not unload versions %s after a switch: %s", sorted(version_ids), exc)
-
-
-def _drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] | None) -> None:
-    """Drop from this worker what it loaded for a change that will not happen."""
-    if drop is not None:
-        for version_id in version_ids - versions_in_use(rt):
-            drop(version_id)
 
 
 def fail_stuck_changes(rt: Runtime, timeout: float) -> list[str]:
