@@ -132,7 +132,7 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
     try:
         status.transition(rt.store, service_id, status.STOPPABLE, status.STOPPING, reason=reason,
                           billing_until=billing_until, stop_at=None, stop_token=None,
-                          **_promoted(service))
+                          **traffic.promoted(service))
     except StaleTransition:
         return False  # someone else stopped it first
     if service.stop_token:
@@ -216,10 +216,9 @@ def versions_in_use(rt: Runtime) -> set[int]:
 
 def served_ids(service: Any) -> set[int]:
     """The version ids a service serves, or is loading to serve."""
-    ids = traffic.version_ids(traffic.served(service.traffic, service.version_id,
-                                             service.version))
+    ids = traffic.live_ids(service)
     pending = service.pending_traffic
-    if pending and pending.get("state") == "loading":
+    if pending and pending.get("state") == traffic.LOADING:
         ids |= traffic.version_ids(pending["versions"])
     return ids
 
@@ -237,12 +236,6 @@ def drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] 
     if drop is not None:
         for version_id in version_ids - versions_in_use(rt):
             drop(version_id)
-
-
-def _promoted(service: Service) -> dict[str, Any]:
-    from detserve.service.rollout import promoted  # rollout builds on this module
-
-    return promoted(service)
 
 
 # ---- auto stop ----------------------------------------------------------------------------
@@ -313,7 +306,7 @@ def recover(rt: Runtime) -> list[str]:
                 continue
             if current == status.RUNNING:
                 status.transition(rt.store, sid, status.RUNNING, status.DEPLOYING, reason="restart",
-                                  **_promoted(service))
+                                  **traffic.promoted(service))
         except StaleTransition:
             continue
         rt.bus.deploy(sid, service.flavor)
