@@ -330,7 +330,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     if service is None or version is None or service.status != status.DEPLOYING:
         return service.status if service else "missing"
     try:
-        _load_all(rt, service_id, version, load)
+        service = _load_all(rt, service, version, load)
     except Exception as exc:  # any failure to load is the user's to read, not a crash
         log.warning("deploy of service %s (version %s) failed", service_id, version.id,
                     exc_info=exc)  # the whole story here; the service shows what a caller may read
@@ -341,7 +341,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
         except StaleTransition:
             pass
         return status.FAILED
-    service = get_service(rt, service_id)  # as it is now: auto stop may have changed meanwhile
+    # `service` is as read after the last load: auto stop may have changed meanwhile.
     # A service redeployed after a restart keeps the auto stop it was armed with.
     keep = service.stop_token is not None and service.stop_at is not None
     fields = {} if keep else arming(rt, service.auto_stop_hours, service.auto_stop_enabled)
@@ -357,15 +357,12 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     return status.RUNNING
 
 
-def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) -> None:
+def _load_all(rt: Runtime, service: Service, version: ModelVersion, load: Any) -> Service:
     """Load every version the service serves, its primary last (its steps end the deploy's
-    progress); a change of versions that landed while loading is loaded too."""
+    progress); a change of versions that landed while loading is loaded too. Returns the row as
+    read after the last load."""
     done: set[int] = set()
-    while True:
-        service = get_service(rt, service_id)
-        todo = served_ids(service) - done
-        if not todo:
-            return
+    while todo := served_ids(service) - done:
         primary = [service.version_id] if service.version_id in todo else []
         for version_id in sorted(todo - set(primary)) + primary:
             if version_id == version.id:
@@ -377,6 +374,8 @@ def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) ->
                     raise NotFound(f"a version of this service (id {version_id}) was deleted")
                 load(other)
             done.add(version_id)
+        service = get_service(rt, service.id)  # a change may have landed while we loaded
+    return service
 
 
 def _rearm_if_changed(rt: Runtime, service_id: str, armed_with: Service) -> None:
