@@ -32,7 +32,7 @@ class Loaded:
     """One loaded version: its detector, its batcher, and how many calls are using it."""
 
     def __init__(self, detector: Detector, batcher: Batcher[Prepared, list[Any]] | None,
-                 number: int = 0) -> None:
+                 number: int) -> None:
         self.detector, self.batcher = detector, batcher
         self.number = number  # the version's number within its model
         self.users = 0
@@ -85,7 +85,7 @@ class ModelHost:
         """The number (within its model) of a version id, from what is loaded or the store."""
         with self._lock:
             entry = self._models.get(version_id)
-        if entry is not None and entry.number:
+        if entry is not None:
             return entry.number
         with self.rt.store.session(readonly=True) as session:
             version = session.get(ModelVersion, version_id)

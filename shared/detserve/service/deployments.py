@@ -7,6 +7,7 @@ import hashlib
 import logging
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -131,13 +132,12 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
     try:
         status.transition(rt.store, service_id, status.STOPPABLE, status.STOPPING, reason=reason,
                           billing_until=billing_until, stop_at=None, stop_token=None,
-                          **_promoted(service))
+                          **traffic.promoted(service))
     except StaleTransition:
         return False  # someone else stopped it first
     if service.stop_token:
         rt.bus.revoke(service.stop_token)
-    for version_id in served_ids(service) - versions_in_use(rt):
-        rt.bus.unload(version_id)
+    unload_unused(rt, served_ids(service))
     status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
     return True
 
@@ -216,18 +216,26 @@ def versions_in_use(rt: Runtime) -> set[int]:
 
 def served_ids(service: Any) -> set[int]:
     """The version ids a service serves, or is loading to serve."""
-    ids = traffic.version_ids(traffic.served(service.traffic, service.version_id,
-                                             service.version))
+    ids = traffic.live_ids(service)
     pending = service.pending_traffic
-    if pending and pending.get("state") == "loading":
+    if pending and pending.get("state") == traffic.LOADING:
         ids |= traffic.version_ids(pending["versions"])
     return ids
 
 
-def _promoted(service: Service) -> dict[str, Any]:
-    from detserve.service.rollout import promoted  # rollout builds on this module
+def unload_unused(rt: Runtime, version_ids: set[int], in_use: set[int] | None = None) -> None:
+    """Tell every worker to drop those of `version_ids` no active service uses (`in_use`: that
+    set, when the caller has read it already for many calls)."""
+    for version_id in version_ids - (versions_in_use(rt) if in_use is None else in_use):
+        rt.bus.unload(version_id)
 
-    return promoted(service)
+
+def drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] | None) -> None:
+    """Drop from this worker (`drop(version_id)`) those of `version_ids` it loaded for a deploy
+    or a change that will not happen, unless an active service uses them."""
+    if drop is not None:
+        for version_id in version_ids - versions_in_use(rt):
+            drop(version_id)
 
 
 # ---- auto stop ----------------------------------------------------------------------------
@@ -298,7 +306,7 @@ def recover(rt: Runtime) -> list[str]:
                 continue
             if current == status.RUNNING:
                 status.transition(rt.store, sid, status.RUNNING, status.DEPLOYING, reason="restart",
-                                  **_promoted(service))
+                                  **traffic.promoted(service))
         except StaleTransition:
             continue
         rt.bus.deploy(sid, service.flavor)
@@ -322,7 +330,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     if service is None or version is None or service.status != status.DEPLOYING:
         return service.status if service else "missing"
     try:
-        _load_all(rt, service_id, version, load)
+        service = _load_all(rt, service, version, load)
     except Exception as exc:  # any failure to load is the user's to read, not a crash
         log.warning("deploy of service %s (version %s) failed", service_id, version.id,
                     exc_info=exc)  # the whole story here; the service shows what a caller may read
@@ -333,17 +341,15 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
         except StaleTransition:
             pass
         return status.FAILED
-    service = get_service(rt, service_id)  # as it is now: auto stop may have changed meanwhile
+    # `service` is as read after the last load: auto stop may have changed meanwhile.
     # A service redeployed after a restart keeps the auto stop it was armed with.
     keep = service.stop_token is not None and service.stop_at is not None
     fields = {} if keep else arming(rt, service.auto_stop_hours, service.auto_stop_enabled)
     try:
         status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
                           reason="deployed", error=None, **fields)
-    except StaleTransition:
-        if drop is not None:  # stopped while loading: its unload came before the models did
-            for version_id in (served_ids(service) | {version.id}) - versions_in_use(rt):
-                drop(version_id)
+    except StaleTransition:  # stopped while loading: its unload came before the models did
+        drop_unused(rt, served_ids(service) | {version.id}, drop)
         return get_service(rt, service_id).status
     send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
                                               "stop_at": service.stop_at})
@@ -351,15 +357,12 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
     return status.RUNNING
 
 
-def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) -> None:
+def _load_all(rt: Runtime, service: Service, version: ModelVersion, load: Any) -> Service:
     """Load every version the service serves, its primary last (its steps end the deploy's
-    progress); a change of versions that landed while loading is loaded too."""
+    progress); a change of versions that landed while loading is loaded too. Returns the row as
+    read after the last load."""
     done: set[int] = set()
-    while True:
-        service = get_service(rt, service_id)
-        todo = served_ids(service) - done
-        if not todo:
-            return
+    while todo := served_ids(service) - done:
         primary = [service.version_id] if service.version_id in todo else []
         for version_id in sorted(todo - set(primary)) + primary:
             if version_id == version.id:
@@ -371,6 +374,8 @@ def _load_all(rt: Runtime, service_id: str, version: ModelVersion, load: Any) ->
                     raise NotFound(f"a version of this service (id {version_id}) was deleted")
                 load(other)
             done.add(version_id)
+        service = get_service(rt, service.id)  # a change may have landed while we loaded
+    return service
 
 
 def _rearm_if_changed(rt: Runtime, service_id: str, armed_with: Service) -> None:

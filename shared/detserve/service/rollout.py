@@ -32,13 +32,10 @@ from detserve.errors import (
     quoted,
 )
 from detserve.service import status, traffic
-from detserve.service.deployments import Runtime, get_service, versions_in_use
+from detserve.service.deployments import Runtime, drop_unused, get_service, unload_unused
 from detserve.store import ModelVersion, Service, utcnow
 
 log = logging.getLogger("detserve.service.rollout")
-
-LOADING, FAILED = "loading", "failed"
-
 
 def resolve(rt: Runtime, model: str, items: Sequence[Mapping[str, Any]]) -> list[traffic.Entry]:
     """The stored split for requested {"version", "weight"} items of `model`.
@@ -65,25 +62,6 @@ def resolve(rt: Runtime, model: str, items: Sequence[Mapping[str, Any]]) -> list
              "weight": int(i["weight"])} for i in items]
 
 
-def apply_fields(entries: Sequence[traffic.Entry]) -> dict[str, Any]:
-    """The service columns that make `entries` its split."""
-    first = traffic.primary(entries)
-    return {"traffic": [dict(e) for e in entries], "version_id": first["version_id"],
-            "version": first["version"]}
-
-
-def promoted(service: Service) -> dict[str, Any]:
-    """Fields for a service leaving Running: a change still loading becomes its split (its
-    next deploy loads it), a failed one is forgotten (its error was shown)."""
-    pending = service.pending_traffic
-    if not pending:
-        return {}
-    if pending.get("state") == LOADING:
-        return {**apply_fields(traffic.served(pending["versions"], 0, 0)),
-                "pending_traffic": None}
-    return {"pending_traffic": None}
-
-
 def change(rt: Runtime, service_id: str, items: Sequence[Mapping[str, Any]]) -> None:
     """Ask for a new split (see the module's story). Nothing is stored when a version is bad.
 
@@ -95,18 +73,18 @@ def change(rt: Runtime, service_id: str, items: Sequence[Mapping[str, Any]]) -> 
     token = uuid.uuid4().hex
     with rt.store.session() as session:
         row = _locked(session, service_id)
-        before = traffic.version_ids(traffic.served(row.traffic, row.version_id, row.version))
+        before = traffic.live_ids(row)
         if row.status == status.RUNNING:
-            row.pending_traffic = {"versions": entries, "token": token, "state": LOADING,
+            row.pending_traffic = {"versions": entries, "token": token, "state": traffic.LOADING,
                                    "error": None, "requested_at": utcnow().isoformat()}
         else:
-            for name, value in apply_fields(entries).items():
+            for name, value in traffic.apply_fields(entries).items():
                 setattr(row, name, value)
             row.pending_traffic = None
         row.updated_at = utcnow()
         running, flavor = row.status == status.RUNNING, row.flavor
     if not running:
-        _unload_unused(rt, before)
+        unload_unused(rt, before)
         return
     try:
         rt.bus.switch(service_id, flavor, token)
@@ -134,7 +112,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
     with rt.store.session(readonly=True) as session:
         row = session.get(Service, service_id)
         pending = row.pending_traffic if row is not None else None
-        if not pending or pending.get("token") != token or pending.get("state") != LOADING:
+        if not pending or pending.get("token") != token or pending.get("state") != traffic.LOADING:
             return "stale"
         entries = traffic.served(pending["versions"], 0, 0)
         versions = {e["version_id"]: session.get(ModelVersion, e["version_id"]) for e in entries}
@@ -151,21 +129,21 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         message = for_caller(exc, "loading the model").message
         failed_at = f"version {current['version']}: " if current else ""
         _fail(rt, service_id, token, failed_at + message)
-        _drop_unused(rt, set(versions), drop)
-        return FAILED
+        drop_unused(rt, set(versions), drop)
+        return traffic.FAILED
     with rt.store.session() as session:
         row = _locked(session, service_id, missing_ok=True)
         latest = row is not None and (row.pending_traffic or {}).get("token") == token
         if latest and row is not None and row.status == status.RUNNING:
-            before = traffic.version_ids(traffic.served(row.traffic, row.version_id, row.version))
-            for name, value in apply_fields(entries).items():
+            before = traffic.live_ids(row)
+            for name, value in traffic.apply_fields(entries).items():
                 setattr(row, name, value)
             row.pending_traffic = None
             row.updated_at = utcnow()
         else:
             latest = False
     if not latest:
-        _drop_unused(rt, set(versions), drop)
+        drop_unused(rt, set(versions), drop)
         return "stale"
     log.info("now serving %s", ", ".join(f"v{e['version']}:{e['weight']}" for e in entries),
              extra={"service_id": service_id})
@@ -174,7 +152,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         timer.daemon = True  # a worker that stops first drops them anyway (keep_only)
         timer.start()
     else:
-        _unload_unused(rt, before - set(versions))
+        unload_unused(rt, before - set(versions))
     return "switched"
 
 
@@ -191,28 +169,15 @@ def _fail(rt: Runtime, service_id: str, token: str, error: str) -> None:
         row = _locked(session, service_id, missing_ok=True)
         pending = row.pending_traffic if row is not None else None
         if row is not None and pending and pending.get("token") == token:
-            row.pending_traffic = {**pending, "state": FAILED, "error": error}
+            row.pending_traffic = {**pending, "state": traffic.FAILED, "error": error}
             row.updated_at = utcnow()
-
-
-def _unload_unused(rt: Runtime, version_ids: set[int]) -> None:
-    """Tell every worker to drop what no live service serves any more."""
-    for version_id in version_ids - versions_in_use(rt):
-        rt.bus.unload(version_id)
 
 
 def _unload_quietly(rt: Runtime, version_ids: set[int]) -> None:
     try:
-        _unload_unused(rt, version_ids)
+        unload_unused(rt, version_ids)
     except Exception as exc:  # noqa: BLE001 - a worker's next reconnect drops them (keep_only)
         log.warning("could not unload versions %s after a switch: %s", sorted(version_ids), exc)
-
-
-def _drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] | None) -> None:
-    """Drop from this worker what it loaded for a change that will not happen."""
-    if drop is not None:
-        for version_id in version_ids - versions_in_use(rt):
-            drop(version_id)
 
 
 def fail_stuck_changes(rt: Runtime, timeout: float) -> list[str]:
@@ -225,7 +190,7 @@ def fail_stuck_changes(rt: Runtime, timeout: float) -> list[str]:
             Service.pending_traffic.is_not(None))).all()
     failed = []
     for sid, pending in rows:
-        if pending.get("state") != LOADING or _requested(pending) > cutoff:
+        if pending.get("state") != traffic.LOADING or _requested(pending) > cutoff:
             continue
         _fail(rt, sid, pending["token"], f"no worker loaded the new versions within {timeout:g} s "
               "(a worker may have stopped, or none of its flavor is running); the current "

@@ -12,7 +12,9 @@ for testing before it takes traffic). The answer names the version in the same h
 
 A change of versions on a Running service waits in `pending_traffic` until a worker has loaded
 every version in it (rollout.py); the switch is one UPDATE of the row, so every prediction
-after it reads the new split, and the old versions keep answering until then.
+after it reads the new split, and the old versions keep answering until then. Its `state` is
+LOADING until then, or FAILED (with the `error`) when a version did not load; a service leaving
+Running takes a change still loading as its split (`promoted`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ PIN_HEADER = "X-Model-Version"  # on the request: the version to use; on the ans
 MAX_VERSIONS = 3
 TOTAL_WEIGHT = 100
 
+LOADING, FAILED = "loading", "failed"  # the states of a change waiting in pending_traffic
+
 Entry = dict[str, int]  # {"version", "version_id", "weight"}
 
 _rng = random.Random()  # its methods are safe to share between threads
@@ -39,6 +43,34 @@ def served(traffic: Sequence[Mapping[str, Any]] | None, version_id: int, version
         return [{"version": version, "version_id": version_id, "weight": TOTAL_WEIGHT}]
     return [{"version": int(e["version"]), "version_id": int(e["version_id"]),
              "weight": int(e["weight"])} for e in traffic]
+
+
+def live(row: Any) -> list[Entry]:
+    """The split a service row serves now (a change still loading not included)."""
+    return served(row.traffic, row.version_id, row.version)
+
+
+def live_ids(row: Any) -> set[int]:
+    """The version ids a service row serves now."""
+    return version_ids(live(row))
+
+
+def apply_fields(entries: Sequence[Entry]) -> dict[str, Any]:
+    """The service columns that make `entries` its split."""
+    first = primary(entries)
+    return {"traffic": [dict(e) for e in entries], "version_id": first["version_id"],
+            "version": first["version"]}
+
+
+def promoted(row: Any) -> dict[str, Any]:
+    """Fields for a service leaving Running: a change still loading becomes its split (its
+    next deploy loads it), a failed one is forgotten (its error was shown)."""
+    pending = row.pending_traffic
+    if not pending:
+        return {}
+    if pending.get("state") == LOADING:
+        return {**apply_fields(served(pending["versions"], 0, 0)), "pending_traffic": None}
+    return {"pending_traffic": None}
 
 
 def primary(entries: Sequence[Entry]) -> Entry:
@@ -119,4 +151,4 @@ def route(row: Any, pinned: str | None = None) -> Routed:
     Raises:
         ValidationFailed: a pinned version the service does not serve.
     """
-    return Routed(row, choose(served(row.traffic, row.version_id, row.version), pinned))
+    return Routed(row, choose(live(row), pinned))
