@@ -46,7 +46,7 @@ def service_view(service: Service, settings: Settings,
         "stopping_soon": near["stopping_soon"],
         "traffic_limit": None if service.traffic_limit_qps is None
         else {"qps": service.traffic_limit_qps},
-        "versions": _weights(traffic.served(service.traffic, service.version_id, service.version)),
+        "versions": _weights(traffic.live(service)),
         "pending_versions": _pending(service.pending_traffic),
         "created_at": iso(service.created_at), "updated_at": iso(service.updated_at),
         "running_seconds": round(seconds, 3), "cost": round(hours * price, 6),
