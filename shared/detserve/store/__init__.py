@@ -18,6 +18,7 @@ from detserve.store.tables import Base, ModelVersion, Service, ServiceEvent, utc
 __all__ = ["Store", "Base", "ModelVersion", "Service", "ServiceEvent", "utcnow"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+ALONE = "detserve_alone"  # SQLite execution option: statements with no BEGIN (Store.first)
 
 
 class Store:
@@ -30,9 +31,12 @@ class Store:
         self._read_engine = self.engine.execution_options(detserve_readonly=True)
         self._readers = sessionmaker(self._read_engine, expire_on_commit=False)
         # one statement needs no transaction around it: no BEGIN and no ROLLBACK per read. A
-        # proxy of the engine, not a second engine: it draws on the same pool, and each connection
-        # goes back there in transactional mode
-        self._statements = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # proxy of the engine, not a second engine: it draws on the same pool. SQLite's driver
+        # already leaves BEGIN to us (the begin hook skips it); an isolation level there would be
+        # reset with a PRAGMA on every return to the pool
+        alone = {ALONE: True} if self.engine.dialect.name == "sqlite" else {
+            "isolation_level": "AUTOCOMMIT"}
+        self._statements = self.engine.execution_options(**alone)
 
     @contextmanager
     def session(self, *, readonly: bool = False) -> Iterator[Session]:
@@ -104,23 +108,15 @@ def _make_engine(url: str) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
         # Take over BEGIN from pysqlite so that writers can ask for BEGIN IMMEDIATE.
-        _take_over_begin(dbapi_conn, _record)
-
-    # SQLAlchemy ends an AUTOCOMMIT checkout (Store.first) by handing BEGIN back to pysqlite
-    event.listen(engine, "checkin", _take_over_begin)
+        dbapi_conn.isolation_level = None
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
         options = conn.get_execution_options()
-        if options.get("isolation_level") == "AUTOCOMMIT":
+        if options.get(ALONE, False):
             return  # Store.first: SQLite runs a lone statement as a transaction of its own
         # A writer takes the write lock up front: a read-then-write transaction that only
         # upgraded later would fail with SQLITE_BUSY instead of waiting its turn.
         conn.exec_driver_sql("BEGIN" if options.get("detserve_readonly", False) else "BEGIN IMMEDIATE")
 
     return engine
-
-
-def _take_over_begin(dbapi_conn: Any, _record: Any) -> None:
-    if dbapi_conn is not None:  # None: a connection invalidated on its way back
-        dbapi_conn.isolation_level = None
