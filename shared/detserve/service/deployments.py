@@ -223,10 +223,15 @@ def served_ids(service: Any) -> set[int]:
     return ids
 
 
+def unused(rt: Runtime, version_ids: set[int], in_use: set[int] | None = None) -> set[int]:
+    """Those of `version_ids` no active service uses (`in_use`: versions_in_use, when the
+    caller has read it already for many calls)."""
+    return version_ids - (versions_in_use(rt) if in_use is None else in_use)
+
+
 def unload_unused(rt: Runtime, version_ids: set[int], in_use: set[int] | None = None) -> None:
-    """Tell every worker to drop those of `version_ids` no active service uses (`in_use`: that
-    set, when the caller has read it already for many calls)."""
-    for version_id in version_ids - (versions_in_use(rt) if in_use is None else in_use):
+    """Tell every worker to drop those of `version_ids` no active service uses."""
+    for version_id in unused(rt, version_ids, in_use):
         rt.bus.unload(version_id)
 
 
@@ -234,7 +239,7 @@ def drop_unused(rt: Runtime, version_ids: set[int], drop: Callable[[int], None] 
     """Drop from this worker (`drop(version_id)`) those of `version_ids` it loaded for a deploy
     or a change that will not happen, unless an active service uses them."""
     if drop is not None:
-        for version_id in version_ids - versions_in_use(rt):
+        for version_id in unused(rt, version_ids):
             drop(version_id)
 
 

@@ -37,6 +37,7 @@ from detserve.store import ModelVersion, Service, utcnow
 
 log = logging.getLogger("detserve.service.rollout")
 
+
 def resolve(rt: Runtime, model: str, items: Sequence[Mapping[str, Any]]) -> list[traffic.Entry]:
     """The stored split for requested {"version", "weight"} items of `model`.
 
@@ -114,7 +115,7 @@ def complete_switch(rt: Runtime, service_id: str, token: str, load: Callable[[An
         pending = row.pending_traffic if row is not None else None
         if not pending or pending.get("token") != token or pending.get("state") != traffic.LOADING:
             return "stale"
-        entries = traffic.served(pending["versions"], 0, 0)
+        entries = traffic.asked(pending)
         versions = {e["version_id"]: session.get(ModelVersion, e["version_id"]) for e in entries}
     current = None
     try:

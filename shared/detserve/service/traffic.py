@@ -50,6 +50,11 @@ def live(row: Any) -> list[Entry]:
     return served(row.traffic, row.version_id, row.version)
 
 
+def asked(pending: Mapping[str, Any]) -> list[Entry]:
+    """The split a pending change asks for (a stored change always lists its versions)."""
+    return served(pending["versions"], 0, 0)
+
+
 def live_ids(row: Any) -> set[int]:
     """The version ids a service row serves now."""
     return version_ids(live(row))
@@ -69,7 +74,7 @@ def promoted(row: Any) -> dict[str, Any]:
     if not pending:
         return {}
     if pending.get("state") == LOADING:
-        return {**apply_fields(served(pending["versions"], 0, 0)), "pending_traffic": None}
+        return {**apply_fields(asked(pending)), "pending_traffic": None}
     return {"pending_traffic": None}
 
 
