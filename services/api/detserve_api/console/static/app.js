@@ -376,6 +376,7 @@ async function loadDetail() {
   $("#predict-btn").disabled = svc.status !== "Running";
   $("#predict-btn").title = svc.status === "Running" ? "" : "The service must be Running to predict";
   renderSnippets(svc);
+  renderVersions(svc);  // versions.js: the panel follows the service picked, not the next tick
   const [{ events }, mon] = await Promise.all([
     api(`/v1/services/${svc.id}/events`), api(`/v1/services/${svc.id}/monitoring`)]);
   $("#events").replaceChildren(...events.map((e) => el("li", {

@@ -63,7 +63,7 @@ def _weights(entries: list[traffic.Entry]) -> list[dict[str, int]]:
 def _pending(pending: dict[str, Any] | None) -> dict[str, Any] | None:
     if not pending:
         return None
-    return {"versions": _weights(traffic.served(pending["versions"], 0, 0)),
+    return {"versions": _weights(traffic.asked(pending)),
             "state": pending.get("state"), "error": pending.get("error"),
             "requested_at": str(pending.get("requested_at", "")).replace("+00:00", "Z")}
 
