@@ -137,7 +137,7 @@ def stop(rt: Runtime, service_id: str, reason: str = "user",
         return False  # someone else stopped it first
     if service.stop_token:
         rt.bus.revoke(service.stop_token)
-    unload_unused(rt, served_ids(service))
+    unload_unused(rt, traffic.served_ids(service))
     status.transition(rt.store, service_id, status.STOPPING, status.STOPPED, reason=reason)
     return True
 
@@ -211,16 +211,7 @@ def versions_in_use(rt: Runtime) -> set[int]:
         rows = session.execute(select(Service.version_id, Service.version, Service.traffic,
                                       Service.pending_traffic).where(
             Service.status.in_(status.ACTIVE))).all()
-    return set().union(*(served_ids(row) for row in rows))
-
-
-def served_ids(service: Any) -> set[int]:
-    """The version ids a service serves, or is loading to serve."""
-    ids = traffic.live_ids(service)
-    pending = service.pending_traffic
-    if pending and pending.get("state") == traffic.LOADING:
-        ids |= traffic.version_ids(pending["versions"])
-    return ids
+    return set().union(*(traffic.served_ids(row) for row in rows))
 
 
 def unused(rt: Runtime, version_ids: set[int], in_use: set[int] | None = None) -> set[int]:
@@ -354,7 +345,7 @@ def complete_deploy(rt: Runtime, service_id: str, load: Any, drop: Any = None) -
         status.transition(rt.store, service_id, status.DEPLOYING, status.RUNNING,
                           reason="deployed", error=None, **fields)
     except StaleTransition:  # stopped while loading: its unload came before the models did
-        drop_unused(rt, served_ids(service) | {version.id}, drop)
+        drop_unused(rt, traffic.served_ids(service) | {version.id}, drop)
         return get_service(rt, service_id).status
     send_countdown(rt, service_id, fields or {"stop_token": service.stop_token,
                                               "stop_at": service.stop_at})
@@ -367,7 +358,7 @@ def _load_all(rt: Runtime, service: Service, version: ModelVersion, load: Any) -
     progress); a change of versions that landed while loading is loaded too. Returns the row as
     read after the last load."""
     done: set[int] = set()
-    while todo := served_ids(service) - done:
+    while todo := traffic.served_ids(service) - done:
         primary = [service.version_id] if service.version_id in todo else []
         for version_id in sorted(todo - set(primary)) + primary:
             if version_id == version.id:

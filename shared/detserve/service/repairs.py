@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from detserve.errors import StaleTransition
-from detserve.service import status
-from detserve.service.deployments import Runtime, served_ids, unload_unused, versions_in_use
+from detserve.service import status, traffic
+from detserve.service.deployments import Runtime, unload_unused, versions_in_use
 from detserve.store import Service, utcnow
 
 
@@ -44,7 +44,7 @@ def finish_stuck_stops(rt: Runtime, older_than: float) -> list[str]:
     in_use = versions_in_use(rt)  # stopping rows are not active: the same for every row
     for row in stuck:
         sid = row.id
-        unload_unused(rt, served_ids(row), in_use)  # the step that may not have happened
+        unload_unused(rt, traffic.served_ids(row), in_use)  # the step that may not have happened
         try:
             status.transition(rt.store, sid, status.STOPPING, status.STOPPED, reason="stop_repaired")
             finished.append(sid)

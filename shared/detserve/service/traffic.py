@@ -60,6 +60,15 @@ def live_ids(row: Any) -> set[int]:
     return version_ids(live(row))
 
 
+def served_ids(row: Any) -> set[int]:
+    """The version ids a service row serves, or is loading to serve."""
+    ids = live_ids(row)
+    pending = row.pending_traffic
+    if pending and pending.get("state") == LOADING:
+        ids |= version_ids(asked(pending))
+    return ids
+
+
 def apply_fields(entries: Sequence[Entry]) -> dict[str, Any]:
     """The service columns that make `entries` its split."""
     first = primary(entries)

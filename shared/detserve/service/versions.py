@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from detserve.errors import InvalidModel, NotFound, VersionInUse, quoted
-from detserve.service import status
-from detserve.service.deployments import Runtime, served_ids
+from detserve.service import status, traffic
+from detserve.service.deployments import Runtime
 from detserve.service.packages import read_package
 from detserve.store import ModelVersion, Service, utcnow
 
@@ -53,7 +53,8 @@ def delete_version(rt: Runtime, model: str, version: int) -> None:
             raise VersionInUse(f"version {version} of {quoted(model)} is used by service(s) "
                                f"{', '.join(users)} that are not Stopped; stop or delete them first")
         sharing = [svc.id for svc in session.scalars(select(Service).where(
-            Service.version_id != row.id, Service.traffic.is_not(None))) if row.id in served_ids(svc)]
+            Service.version_id != row.id, Service.traffic.is_not(None)))
+            if row.id in traffic.served_ids(svc)]
         if sharing:
             raise VersionInUse(f"version {version} of {quoted(model)} is one of the versions of "
                                f"service(s) {', '.join(sharing)}; change their versions first")

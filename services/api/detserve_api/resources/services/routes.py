@@ -177,4 +177,4 @@ class Usage(MethodView):
         last hour."""
         service = deployments.get_service(context.runtime(), service_id)
         return {"workers": usage.for_version(context.redis_client(),
-                                             sorted(deployments.served_ids(service)))}
+                                             sorted(traffic.served_ids(service)))}
