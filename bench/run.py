@@ -355,6 +355,15 @@ def check_route(url: str, key: str, image: bytes, ref: Reference, labels: list[s
         raise SystemExit(f"{url} answers differently from the reference pipeline: {problem}")
 
 
+def ready(url: str, key: str, image: bytes, ref: Reference, labels: list[str], script: Path,
+          workers: int) -> None:
+    """A server checked against the reference and warmed up (every worker thread has run the
+    model), then idle again, before it is measured."""
+    check_route(url, key, image, ref, labels)
+    run_wrk(url, script, 4, 3)
+    settle(url, key, image, workers)
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines()
@@ -425,17 +434,14 @@ def main() -> None:
                                 conf=float(served.output.get("score_threshold", 0.25)),
                                 iou=float(served.output.get("iou_threshold", 0.45)),
                                 max_det=int(served.output.get("max_detections", 100)))
-                check_route(url, key, image, ref, served.labels)
-                run_wrk(url, script, 4, 3)  # warm-up: every worker thread has run the model
-                settle(url, key, image, settings.worker_concurrency)
+                ready(url, key, image, ref, served.labels, script, settings.worker_concurrency)
                 servers = [(name, url, proc.pid)]
                 with contextlib.ExitStack() as floor:
                     if args.reference:  # up beside detserve for the whole run: windows alternate
                         ref_url, ref_pid = floor.enter_context(
                             plain_flask(Path(tmp), model, served.labels))
-                        check_route(ref_url, key, image, ref, served.labels)
-                        run_wrk(ref_url, script, 4, 3)
-                        settle(ref_url, key, image, settings.worker_concurrency)
+                        ready(ref_url, key, image, ref, served.labels, script,
+                              settings.worker_concurrency)
                         servers.append((f"{name} (plain Flask)", ref_url, ref_pid))
                     results.update(measure(servers, script, key, ref, image, args,
                                            settings.worker_concurrency))
